@@ -1,0 +1,1 @@
+"""Benchmarks: one process, interleaved rounds, medians, ratios to a bare ``await op()``."""

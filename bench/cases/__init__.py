@@ -1,0 +1,1 @@
+"""Bench cases: each module defines ``CASES: list[Case]`` (see ``bench/harness.py``)."""

@@ -1,0 +1,114 @@
+"""The exceptions every primitive raises.
+
+One tree, rooted in :class:`ResilienceError`, so callers can catch all of our own errors at once and
+still tell a rejection (the callee never ran) from a deadline (the callee ran too long)::
+
+    ResilienceError                       (Exception)
+    ├── Rejected                          the callee was not run; ``retry_after`` when known
+    │   ├── CircuitOpen                   a breaker is open (or half-open with every probe slot taken)
+    │   ├── RateLimited                   a rate limiter had no token in time
+    │   └── BulkheadFull                  a bulkhead had no permit: ``reason`` is "full" or "timeout"
+    └── DeadlineExceeded                  (also TimeoutError) our own deadline fired
+
+Rejections never count as failures in any breaker and are not retried by default. A
+``DeadlineExceeded`` is raised only when *our* deadline fired; an outer cancellation stays a
+cancellation.
+
+Exceptions here build their message lazily (in ``__str__``), so raising one on a hot rejection path
+costs an allocation and nothing else. Each raise creates a fresh instance: a shared instance would grow
+its traceback on every raise.
+"""
+
+from __future__ import annotations
+
+__all__ = (
+    "BulkheadFull",
+    "CircuitOpen",
+    "DeadlineExceeded",
+    "RateLimited",
+    "Rejected",
+    "ResilienceError",
+)
+
+
+class ResilienceError(Exception):
+    """Root of every error that ``dwcp_resilience`` raises itself."""
+
+
+class Rejected(ResilienceError):
+    """A policy refused the call: the callee was never run.
+
+    Args:
+        name: the name of the policy that refused.
+        retry_after: seconds after which a new call may be admitted, when known (else ``None``).
+    """
+
+    def __init__(self, name: str, retry_after: float | None = None) -> None:
+        super().__init__(name, retry_after)
+        self.name = name
+        self.retry_after = retry_after
+
+    def _describe(self) -> str:
+        return "rejected"
+
+    def __str__(self) -> str:
+        text = f"{self.name!r}: {self._describe()}"
+        if self.retry_after is not None:
+            text += f" (retry after {self.retry_after:.3f}s)"
+        return text
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, retry_after={self.retry_after!r})"
+
+
+class CircuitOpen(Rejected):
+    """The circuit breaker did not admit the call (open, or half-open with all probe slots taken)."""
+
+    def _describe(self) -> str:
+        return "circuit breaker is open"
+
+
+class RateLimited(Rejected):
+    """The rate limiter could not hand out the tokens in time."""
+
+    def _describe(self) -> str:
+        return "rate limit exceeded"
+
+
+class BulkheadFull(Rejected):
+    """The bulkhead had no permit: its queue was full (``reason="full"``) or the wait ran out
+    (``reason="timeout"``)."""
+
+    def __init__(self, name: str, retry_after: float | None = None, reason: str = "full") -> None:
+        super().__init__(name, retry_after)
+        self.reason = reason
+
+    def _describe(self) -> str:
+        return "bulkhead is full" if self.reason == "full" else "bulkhead wait timeout"
+
+    def __repr__(self) -> str:
+        return (
+            f"BulkheadFull({self.name!r}, retry_after={self.retry_after!r}, reason={self.reason!r})"
+        )
+
+
+class DeadlineExceeded(ResilienceError, TimeoutError):
+    """Our own deadline fired while the callee ran (or before it could start).
+
+    Args:
+        name: the policy (or operation) whose deadline fired.
+        timeout: the budget in seconds that was exceeded, when known.
+    """
+
+    def __init__(self, name: str, timeout: float | None = None) -> None:
+        super().__init__(name, timeout)
+        self.name = name
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        if self.timeout is None:
+            return f"{self.name!r}: deadline exceeded"
+        return f"{self.name!r}: deadline of {self.timeout:g}s exceeded"
+
+    def __repr__(self) -> str:
+        return f"DeadlineExceeded({self.name!r}, timeout={self.timeout!r})"

@@ -1,0 +1,5 @@
+"""The policies: one concept per module."""
+
+from .timeout import Timeout
+
+__all__ = ("Timeout",)

@@ -1,0 +1,52 @@
+"""Test harness: every async test runs on three backends through anyio's pytest plugin.
+
+- ``asyncio``: a looptime loop, so sleeps and timeouts run in virtual time;
+- ``trio``: ``MockClock(autojump_threshold=0)``, virtual time as well;
+- ``uvloop``: real time (looptime cannot patch uvloop), for tests marked ``real_time_ok``
+  or that do not depend on virtual time; virtual-time-only tests skip it via the ``virtual_time``
+  marker.
+
+Use ``pytestmark = pytest.mark.anyio`` in a module, plus ``@pytest.mark.virtual_time`` on tests that
+sleep for long stretches (they then run on asyncio and trio only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import looptime
+import pytest
+import trio.testing
+import uvloop
+
+BACKENDS = [
+    pytest.param(("asyncio", {"loop_factory": looptime.new_event_loop}), id="asyncio"),
+    pytest.param(("trio", {"clock": None}), id="trio"),
+    pytest.param(("asyncio", {"loop_factory": uvloop.new_event_loop}), id="uvloop"),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    name, options = request.param
+    is_uvloop = options.get("loop_factory") is uvloop.new_event_loop
+    if is_uvloop and request.node.get_closest_marker("virtual_time") is not None:
+        pytest.skip("needs virtual time; looptime cannot patch uvloop")
+    if name == "trio":
+        # A fresh MockClock per test: virtual time starts from zero every time.
+        return name, {"clock": trio.testing.MockClock(autojump_threshold=0)}
+    return name, dict(options)
+
+
+@pytest.fixture
+def backend_name(anyio_backend: tuple[str, dict[str, Any]]) -> str:
+    """'asyncio', 'uvloop' or 'trio'."""
+    name, options = anyio_backend
+    if options.get("loop_factory") is uvloop.new_event_loop:
+        return "uvloop"
+    return name
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "virtual_time: needs virtual time (skipped on uvloop)")
+    config.addinivalue_line("markers", "slow: a longer test (still run in CI)")
