@@ -18,7 +18,7 @@ from .core.errors import (
 )
 from .core.events import Event, Listener, Listeners
 from .core.outcome import Classifier, ExceptionMatcher, Outcome, ResultPredicate
-from .core.policy import Pipeline, Policy, PolicyBase
+from .core.policy import Pipeline, Policy, PolicyBase, TaskLocalStack
 from .policies.timeout import Timeout
 
 try:
@@ -45,6 +45,7 @@ __all__ = (
     "Rejected",
     "ResilienceError",
     "ResultPredicate",
+    "TaskLocalStack",
     "Timeout",
     "current_context",
     "current_deadline",

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ("Event", "Listener", "Listeners", "check_listener")
+__all__ = ("Event", "Listener", "Listeners")
 
 _log = logging.getLogger("dwcp_resilience")
 

@@ -27,7 +27,7 @@ from typing import Any, TypeAlias
 
 from .errors import Rejected
 
-__all__ = ("Classifier", "ExceptionMatcher", "Outcome", "ResultPredicate", "as_exception_predicate")
+__all__ = ("Classifier", "ExceptionMatcher", "Outcome", "ResultPredicate")
 
 _log = logging.getLogger("dwcp_resilience")
 

@@ -284,9 +284,11 @@ class Timeout(PolicyBase):
         entry = self._stack.pop()
         _deadline_reset(entry.token)
         if isinstance(entry, _TrioEntry):
-            if entry.scope.__exit__(exc_type, exc, tb):
+            trio_scope = entry.scope
+            swallowed = trio_scope.__exit__(exc_type, exc, tb)
+            if trio_scope.cancelled_caught:
                 raise self._expired() from exc
-            return False
+            return bool(swallowed)
         scope, sweeper = entry.scope, entry.sweeper
         if scope is None or sweeper is None:
             return False
