@@ -333,8 +333,8 @@ async def test_sweeper_heap_stays_bounded(backend_name: str) -> None:
     for _ in range(20_000):
         await timeout.call(noop)
     sweeper = timeout_module._sweeper_for(asyncio.get_running_loop())
-    assert len(sweeper._heap) <= 4 * sweeper._COMPACT_MIN
-    assert sweeper._live == 0
+    assert len(sweeper.heap) <= 4 * sweeper.COMPACT_MIN
+    assert sweeper.live == 0
 
 
 @pytest.mark.virtual_time

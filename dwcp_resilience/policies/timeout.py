@@ -22,7 +22,8 @@ deadline is due, so no precision is traded. On trio a ``trio.CancelScope`` does 
 from __future__ import annotations
 
 import math
-from asyncio import CancelledError, Task, current_task
+import time
+from asyncio import BaseEventLoop, CancelledError, Task, current_task
 from asyncio import events as _asyncio_events
 from collections.abc import Awaitable, Callable
 from heapq import heapify, heappop, heappush
@@ -48,95 +49,101 @@ _deadline_set = _deadline.set
 _deadline_reset = _deadline.reset
 
 
-class _Scope:
-    """Per-call state of one asyncio deadline (never shared between calls)."""
+# A deadline entry is a plain list, [deadline, seq, task, cancelling_on_entry, state], ordered in
+# the heap by (deadline, seq) with C-level comparisons. Lists cost a third of a slotted object here.
+_LIVE, _DONE, _FIRED, _HANDLED = 0, 1, 2, 3
+_DEADLINE, _SEQ, _TASK, _CANCELLING, _STATE = 0, 1, 2, 3, 4
+_seq = count()
 
-    __slots__ = ("cancelling", "done", "fired", "task")
-
-    def __init__(self, task: Task[Any]) -> None:
-        self.task = task
-        self.cancelling = task.cancelling()
-        self.done = False
-        self.fired = False
+Entry = list[Any]
 
 
 class _Sweeper:
     """All asyncio deadlines of one loop behind one timer handle."""
 
-    __slots__ = ("_armed_at", "_handle", "_heap", "_live", "_loop", "_seq")
+    __slots__ = ("armed_at", "handle", "heap", "live", "loop")
 
-    _COMPACT_MIN = 1024
+    COMPACT_MIN = 1024
 
     def __init__(self, loop: Any) -> None:
-        self._loop = loop
-        self._heap: list[tuple[float, int, _Scope]] = []
-        self._handle: Any = None
-        self._armed_at = _INF
-        self._live = 0
-        self._seq = count()
+        self.loop = loop
+        self.heap: list[Entry] = []
+        self.handle: Any = None
+        self.armed_at = _INF
+        self.live = 0
 
-    def open(self, task: Task[Any], deadline: float) -> _Scope:
-        scope = _Scope(task)
-        heap = self._heap
-        heappush(heap, (deadline, next(self._seq), scope))
-        self._live += 1
-        if deadline < self._armed_at:
-            self._arm(deadline)
-        elif len(heap) > self._COMPACT_MIN and len(heap) > 4 * self._live:
-            self._compact()
-        return scope
+    def open(self, task: Task[Any], deadline: float) -> Entry:
+        entry = [deadline, next(_seq), task, task.cancelling(), _LIVE]
+        heap = self.heap
+        heappush(heap, entry)
+        self.live += 1
+        if deadline < self.armed_at:
+            self.arm(deadline)
+        elif len(heap) > self.COMPACT_MIN and len(heap) > 4 * self.live:
+            self.compact()
+        return entry
 
-    def close(self, scope: _Scope) -> None:
-        if not scope.done:
-            scope.done = True
-            self._live -= 1
+    def close(self, entry: Entry) -> None:
+        """Leave the scope: returns the task's cancel count to its entry value if we fired."""
+        state = entry[_STATE]
+        if state == _LIVE:
+            entry[_STATE] = _DONE
+            self.live -= 1
+        elif state == _FIRED:
+            entry[_STATE] = _HANDLED
+            entry[_TASK].uncancel()
 
-    def _compact(self) -> None:
-        heap = [entry for entry in self._heap if not entry[2].done]
+    def compact(self) -> None:
+        heap = [entry for entry in self.heap if entry[_STATE] == _LIVE]
         heapify(heap)
-        self._heap = heap
+        self.heap = heap
 
-    def _arm(self, deadline: float) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        self._armed_at = deadline
-        self._handle = self._loop.call_at(deadline, self._fire)
+    def arm(self, deadline: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.armed_at = deadline
+        self.handle = self.loop.call_at(deadline, self.fire)
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
         # A loop may run a timer up to its clock resolution early: honour the time we armed for.
-        now = max(self._loop.time(), self._armed_at)
-        self._handle = None
-        self._armed_at = _INF
-        heap = self._heap
+        now = max(self.loop.time(), self.armed_at)
+        self.handle = None
+        self.armed_at = _INF
+        heap = self.heap
         while heap:
-            deadline, _, scope = heap[0]
-            if scope.done:
+            entry = heap[0]
+            if entry[_STATE] != _LIVE:
                 heappop(heap)
                 continue
-            if deadline > now:
+            if entry[_DEADLINE] > now:
                 break
             heappop(heap)
-            scope.done = True
-            self._live -= 1
-            scope.fired = True
-            scope.task.cancel()
+            entry[_STATE] = _FIRED
+            self.live -= 1
+            entry[_TASK].cancel()
         if heap:
-            self._arm(heap[0][0])
+            self.arm(heap[0][_DEADLINE])
 
 
 _sweepers: WeakKeyDictionary[Any, _Sweeper] = WeakKeyDictionary()
-_last: tuple[Any, _Sweeper | None] = (None, None)
+# A one-entry cache of the last loop seen: its sweeper and its clock. asyncio's own loop.time() is
+# a Python method returning time.monotonic(); for that class we call the C function directly
+# (looptime and uvloop override time(), so their loop.time stays in use).
+_last_loop: Any = None
+_last_sweeper: _Sweeper = _Sweeper(None)
+_last_time: Callable[[], float] = time.monotonic
 
 
 def _sweeper_for(loop: Any) -> _Sweeper:
-    global _last
-    cached_loop, sweeper = _last
-    if cached_loop is loop and sweeper is not None:
-        return sweeper
+    global _last_loop, _last_sweeper, _last_time
+    if loop is _last_loop:
+        return _last_sweeper
     sweeper = _sweepers.get(loop)
     if sweeper is None:
         sweeper = _sweepers[loop] = _Sweeper(loop)
-    _last = (loop, sweeper)
+    plain = getattr(type(loop), "time", None) is BaseEventLoop.time
+    _last_loop, _last_sweeper = loop, sweeper
+    _last_time = time.monotonic if plain else loop.time
     return sweeper
 
 
@@ -145,7 +152,7 @@ class _AsyncioEntry:
 
     __slots__ = ("scope", "sweeper", "token")
 
-    def __init__(self, scope: _Scope | None, sweeper: _Sweeper | None, token: Any) -> None:
+    def __init__(self, scope: Entry | None, sweeper: _Sweeper | None, token: Any) -> None:
         self.scope = scope
         self.sweeper = sweeper
         self.token = token
@@ -199,7 +206,12 @@ class Timeout(PolicyBase):
         loop = _get_running_loop()
         if loop is None:
             return await self._call_trio(fn, *args, **kwargs)
-        now = loop.time()
+        if loop is _last_loop:
+            sweeper = _last_sweeper
+            now = _last_time()
+        else:
+            sweeper = _sweeper_for(loop)
+            now = loop.time()
         deadline = now + self._seconds
         outer = _deadline_get()
         if outer < deadline:
@@ -211,24 +223,19 @@ class Timeout(PolicyBase):
         task = current_task(loop)
         if task is None:  # pragma: no cover - a coroutine always runs in a task under asyncio
             raise RuntimeError("Timeout.call must run inside an asyncio task")
-        sweeper = _sweeper_for(loop)
-        scope = sweeper.open(task, deadline)
+        entry = sweeper.open(task, deadline)
         token = _deadline_set(deadline)
         try:
             return await fn(*args, **kwargs)
         except CancelledError as exc:
-            if scope.fired:
-                scope.fired = False
-                if task.uncancel() <= scope.cancelling:
+            if entry[_STATE] == _FIRED:
+                entry[_STATE] = _HANDLED
+                if task.uncancel() <= entry[_CANCELLING]:
                     raise self._expired() from exc
             raise
         finally:
             _deadline_reset(token)
-            if scope.fired:  # ours fired but the callee swallowed the cancellation
-                task.uncancel()
-            elif not scope.done:
-                scope.done = True
-                sweeper._live -= 1
+            sweeper.close(entry)
 
     async def _call_trio(
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
@@ -271,8 +278,8 @@ class Timeout(PolicyBase):
         if task is None:  # pragma: no cover
             raise RuntimeError("async with Timeout must run inside an asyncio task")
         sweeper = _sweeper_for(loop)
-        scope = sweeper.open(task, deadline)
-        self._stack.push(_AsyncioEntry(scope, sweeper, _deadline_set(deadline)))
+        entry = sweeper.open(task, deadline)
+        self._stack.push(_AsyncioEntry(entry, sweeper, _deadline_set(deadline)))
         return self
 
     async def __aexit__(
@@ -292,7 +299,10 @@ class Timeout(PolicyBase):
         scope, sweeper = entry.scope, entry.sweeper
         if scope is None or sweeper is None:
             return False
+        if scope[_STATE] == _FIRED:
+            scope[_STATE] = _HANDLED
+            if scope[_TASK].uncancel() <= scope[_CANCELLING] and exc_type is CancelledError:
+                raise self._expired() from exc
+            return False
         sweeper.close(scope)
-        if scope.fired and scope.task.uncancel() <= scope.cancelling and exc_type is CancelledError:
-            raise self._expired() from exc
         return False
