@@ -386,3 +386,25 @@ async def test_inner_anyio_deadline_first_is_not_ours(anyio_backend: Any) -> Non
         return "inner scope handled it"
 
     assert await Timeout(5).call(callee) == "inner scope handled it"
+
+
+def test_one_instance_across_loops_and_threads() -> None:
+    """R47: built at import time, used by two asyncio.run() in turn and by another thread's loop."""
+    import threading
+
+    timeout = Timeout(0.05)
+
+    async def use() -> str:
+        assert await timeout.call(sleeper, 0, result="ok") == "ok"
+        with pytest.raises(DeadlineExceeded):
+            await timeout.call(sleeper, 5)
+        return "done"
+
+    assert asyncio.run(use()) == "done"
+    assert asyncio.run(use()) == "done"
+    results: list[str] = []
+    worker = threading.Thread(target=lambda: results.append(asyncio.run(use())))
+    worker.start()
+    worker.join(10)
+    assert results == ["done"]
+    assert asyncio.run(use()) == "done"
