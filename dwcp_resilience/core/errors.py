@@ -41,12 +41,26 @@ class Rejected(ResilienceError):
     Args:
         name: the name of the policy that refused.
         retry_after: seconds after which a new call may be admitted, when known (else ``None``).
+
+    The fields live in ``args`` and are read through properties, so an instance needs no ``__dict__``:
+    a hot rejection path may build one with ``BaseException.__new__(cls, name, retry_after)``.
     """
 
     def __init__(self, name: str, retry_after: float | None = None) -> None:
         super().__init__(name, retry_after)
-        self.name = name
-        self.retry_after = retry_after
+
+    @property
+    def name(self) -> str:
+        """The name of the policy that refused."""
+        name: str = self.args[0]
+        return name
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds after which a new call may be admitted, when known."""
+        args = self.args
+        value: float | None = args[1] if len(args) > 1 else None
+        return value
 
     def _describe(self) -> str:
         return "rejected"
@@ -80,8 +94,14 @@ class BulkheadFull(Rejected):
     (``reason="timeout"``)."""
 
     def __init__(self, name: str, retry_after: float | None = None, reason: str = "full") -> None:
-        super().__init__(name, retry_after)
-        self.reason = reason
+        ResilienceError.__init__(self, name, retry_after, reason)
+
+    @property
+    def reason(self) -> str:
+        """``"full"`` (queue full, or try-only) or ``"timeout"`` (``max_wait`` ran out)."""
+        args = self.args
+        reason: str = args[2] if len(args) > 2 else "full"
+        return reason
 
     def _describe(self) -> str:
         return "bulkhead is full" if self.reason == "full" else "bulkhead wait timeout"

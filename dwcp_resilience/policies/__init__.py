@@ -1,5 +1,4 @@
-"""The policies: one concept per module."""
+"""The policies, one concept per module: timeout, retry (+ backoff, budget), breaker, rate limiters
+(plain, adaptive, keyed), bulkhead, chaos. Everything public is re-exported from the package root."""
 
-from .timeout import Timeout
-
-__all__ = ("Timeout",)
+__all__ = ()

@@ -1,0 +1,682 @@
+"""``CircuitBreaker``: the Go package's breaker, made correct, plus what the best breakers have.
+
+The state machine lives in :class:`~dwcp_resilience.policies.breaker_core.BreakerCore` (plain ``def``s
+that take ``now``); this module is the async shell that reads the clock, runs the callee and reports
+its outcome. Every decision happens between two awaits, so no lock is needed and concurrent tasks
+see each transition atomically (share a breaker between the tasks of a loop, not between threads).
+
+Kept from Go: states CLOSED=0, HALF_OPEN=1, OPEN=2 (the gauge values); a trip after ``max_failures``
+consecutive failures (default 5); a lazy OPEN -> HALF_OPEN once ``reset_timeout`` (default 60 s) has
+passed, made by the first call (or state read) that sees it; any half-open failure reopens;
+``half_open_successes`` (default 3) successes close.
+
+Fixed: at most ``half_open_max_calls`` probes run at once (the rest get :class:`CircuitOpen` without
+running the callee), and a cancelled or neutral probe frees its slot at once; results of calls
+admitted before a state change are ignored (epochs); ``reset()`` and every transition update the
+statistics and notify the listeners; the optional per-call ``timeout`` cancels the callee (no leaked
+work) and counts as a failure.
+
+Added: count- and time-based sliding windows with a failure-rate threshold and a minimum number of
+calls; a slow-call-rate trip (slow calls are not cancelled); a half-open maximum wait; an
+open-duration generator (backoff of the open period); ``force_open()`` (isolate), ``disable()``,
+``reset()``; failure predicates over exceptions and results with neutral outcomes; ``retry_after``
+on :class:`CircuitOpen`; listeners; a frozen :meth:`~CircuitBreaker.statistics` snapshot.
+
+Outcomes (see :class:`~dwcp_resilience.Classifier`): cancellation and other non-``Exception``
+``BaseException``\\ s, our own rejections from an inner policy, and ``ignore``-matched exceptions are
+neutral; ``failure``-matched exceptions (default: every ``Exception``) and ``failure_result``-matched
+results are failures; anything else is a success (the callee answered).
+
+Hot path: in consecutive mode (no window, no slow-call threshold, no result predicate, no timeout,
+``record_latency=False``) a CLOSED call reads one attribute before the await, and after it compares
+the epoch and writes two counters: no clock read, no allocation, no lock (the decorator inlines this
+path, so it adds no frame of its own). An OPEN rejection reads the clock once and builds one fresh
+exception. Call durations are measured (and kept in the request-duration histogram of
+:meth:`~CircuitBreaker.statistics`) when ``record_latency=True`` or ``slow_call_duration`` is set;
+without them the histogram stays empty. Calls on that fast path are not counted as in flight while
+they run (``inflight`` counts probes and the calls of the other modes).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+import time
+from asyncio import BaseEventLoop
+from asyncio import events as _asyncio_events
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from types import MappingProxyType, TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+from ..core.clock import Clock, loop_time
+from ..core.context import current_deadline
+from ..core.errors import CircuitOpen, DeadlineExceeded
+from ..core.events import Event, Listeners
+from ..core.outcome import Classifier, ExceptionMatcher, Outcome, ResultPredicate
+from ..core.policy import PolicyBase, TaskLocalStack
+from ..core.validate import check_name, check_number
+from .breaker_core import (
+    CLOSED,
+    DEFAULT_BUCKETS,
+    OPEN,
+    ROUTE_OPEN,
+    BreakerConfig,
+    BreakerCore,
+    BreakerState,
+    CountWindow,
+    LatencyHistogram,
+    TimeWindow,
+)
+from .timeout import Timeout
+
+__all__ = (
+    "BreakerRejected",
+    "BreakerState",
+    "BreakerStateChanged",
+    "BreakerStatistics",
+    "CircuitBreaker",
+    "CountWindow",
+    "TimeWindow",
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_log = logging.getLogger("dwcp_resilience")
+_INF = math.inf
+_FAILURE, _SUCCESS, _NEUTRAL = Outcome.FAILURE, Outcome.SUCCESS, Outcome.NEUTRAL
+
+# -- the default clock ----------------------------------------------------------------------------
+# The loop's clock, resolved once per task (context) and kept in a ContextVar: on CPython 3.11 the
+# running-loop lookup costs a getpid() system call, several times the price of the read itself. A
+# plain asyncio loop's time() is time.monotonic(), so that C function is used directly; any other
+# loop (uvloop's cached millisecond clock, looptime's virtual clock, an instance patch) gets its
+# bound loop.time, so that our deadlines agree with its timers. On trio, and outside any loop,
+# loop_time() is used on every read (nothing is cached there).
+_clock_var: ContextVar[Clock] = ContextVar("dwcp_breaker_clock")
+_clock_get = _clock_var.get
+_get_running_loop = _asyncio_events._get_running_loop
+_BASE_TIME = BaseEventLoop.time
+_monotonic = time.monotonic
+
+
+def _resolve_clock() -> Clock:
+    loop = _get_running_loop()
+    if loop is None:
+        return loop_time
+    plain = type(loop).time is _BASE_TIME and "time" not in getattr(loop, "__dict__", ())
+    clock: Clock = _monotonic if plain else loop.time
+    _clock_var.set(clock)
+    return clock
+
+
+_new_exception = BaseException.__new__
+
+
+# A fresh CircuitOpen per rejection (a shared one would grow its traceback on every raise), built
+# by BaseException.__new__ through a C partial: no Python frame, and no instance dict (Rejected keeps
+# its fields in ``args``). Callers raise the result directly and never bind it to a local, which
+# would tie the exception, its traceback and the raising frame into a cycle only the GC can free.
+_circuit_open = functools.partial(_new_exception, CircuitOpen)
+
+
+# -- events and statistics ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStateChanged(Event):
+    """The breaker changed state (``reason`` says why; ``manual`` for reset/force_open/disable).
+
+    Reasons: ``consecutive_failures``, ``failure_rate``, ``slow_call_rate`` (CLOSED -> OPEN);
+    ``reset_timeout`` (OPEN -> HALF_OPEN); ``probe_failed``, ``slow_probe``, ``half_open_max_wait``
+    (HALF_OPEN -> OPEN); ``probes_succeeded`` (HALF_OPEN -> CLOSED); ``reset``, ``force_open``,
+    ``disable`` (manual).
+    """
+
+    old: BreakerState
+    new: BreakerState
+    reason: str
+    manual: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerRejected(Event):
+    """A call was refused with :class:`CircuitOpen` (the callee did not run)."""
+
+    state: BreakerState
+    retry_after: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStatistics:
+    """A snapshot of a breaker; every ``*_total``-like count only grows.
+
+    :ivar name: the breaker's name.
+    :ivar state: the state a call would see now (the ``circuit_breaker_state`` gauge value).
+    :ivar forced_open: isolated by ``force_open()`` (OPEN until ``reset()``).
+    :ivar disabled: ``disable()`` is in force (admits everything, never trips).
+    :ivar epoch: the generation number (bumped by every state change, reset and disable).
+    :ivar consecutive_failures: failures since the last success in CLOSED.
+    :ivar window_calls: calls in the sliding window (0 without one).
+    :ivar window_failures: failures in the sliding window.
+    :ivar window_slow_calls: slow calls in the sliding window.
+    :ivar failure_rate: ``window_failures / window_calls`` (0.0 when empty).
+    :ivar slow_call_rate: ``window_slow_calls / window_calls`` (0.0 when empty).
+    :ivar half_open_probes: probes in flight (HALF_OPEN only).
+    :ivar half_open_successes: probe successes so far in this HALF_OPEN period.
+    :ivar opens: openings in a row since the breaker was last CLOSED (the open-duration argument).
+    :ivar retry_after: seconds until OPEN ends (``None`` if not OPEN, or forced open).
+    :ivar admitted: calls admitted.
+    :ivar successes: successes recorded (``requests_total{result="success"}``).
+    :ivar failures: failures recorded (``requests_total{result="failure"}`` and ``failures_total``).
+    :ivar rejected: calls refused (``requests_total{result="rejected"}``).
+    :ivar ignored: neutral outcomes (cancelled, ignored exceptions, inner rejections).
+    :ivar stale: results of calls admitted in an earlier epoch (ignored).
+    :ivar slow_calls: successes and failures that took ``slow_call_duration`` or longer.
+    :ivar inflight: admitted calls whose outcome is not recorded yet (probes, and every call of
+        the windowed and timed modes; CLOSED calls in consecutive mode are not tracked while they
+        run, to keep that path free).
+    :ivar state_changes: ``{(from, to): count}`` (``state_changes_total``).
+    :ivar latency_buckets: the histogram's upper bounds in seconds (Prometheus ``DefBuckets``).
+    :ivar latency_counts: cumulative counts per bound, then ``+Inf``.
+    :ivar latency_sum: the sum of the recorded durations.
+    :ivar latency_count: how many durations were recorded.
+    """
+
+    name: str
+    state: BreakerState
+    forced_open: bool
+    disabled: bool
+    epoch: int
+    consecutive_failures: int
+    window_calls: int
+    window_failures: int
+    window_slow_calls: int
+    failure_rate: float
+    slow_call_rate: float
+    half_open_probes: int
+    half_open_successes: int
+    opens: int
+    retry_after: float | None
+    admitted: int
+    successes: int
+    failures: int
+    rejected: int
+    ignored: int
+    stale: int
+    slow_calls: int
+    inflight: int
+    state_changes: Mapping[tuple[BreakerState, BreakerState], int]
+    latency_buckets: tuple[float, ...]
+    latency_counts: tuple[int, ...]
+    latency_sum: float
+    latency_count: int
+
+
+# -- the breaker ----------------------------------------------------------------------------------
+
+
+class CircuitBreaker(PolicyBase):
+    """Stop calling a dependency that keeps failing; probe it again after a while.
+
+    Args:
+        name: the breaker's name (errors, events, metrics).
+        max_failures: consecutive failures that trip it, with or without a window (``None``: off,
+            needs a ``window``).
+        reset_timeout: seconds OPEN lasts before the next call probes (HALF_OPEN).
+        half_open_max_calls: probes allowed in flight at once in HALF_OPEN.
+        half_open_successes: probe successes that close it.
+        failure: which exceptions are failures (a type, a tuple of types, or a predicate); other
+            exceptions count as successes (the callee answered). Our own per-call timeout is
+            always a failure.
+        ignore: which exceptions are neutral (neither success nor failure).
+        failure_result: a predicate over returned values that marks a failure.
+        window: a :class:`CountWindow` or :class:`TimeWindow` for the rate trips.
+        failure_rate_threshold: the failure rate (0, 1] that trips it over the window (default 0.5).
+        minimum_calls: calls the window needs before a rate can trip it (default: the count
+            window's size, or 20 for a time window).
+        slow_call_duration: seconds from which a call is slow (it is not cancelled; needs a window).
+        slow_call_rate_threshold: the slow-call rate (0, 1] that trips it (default 1.0). A slow
+            half-open probe reopens the breaker.
+        half_open_max_wait: seconds every probe slot may stay taken before the breaker reopens
+            (default: ``reset_timeout``; ``inf``: wait for ever).
+        open_duration: ``n -> seconds`` for the n-th opening in a row (default: ``reset_timeout``).
+            A generator that raises or returns a bad value is logged and ``reset_timeout`` used.
+        timeout: a per-call :class:`~dwcp_resilience.Timeout` in seconds; when it fires the call is
+            cancelled, counted as a failure and ``DeadlineExceeded`` raised.
+        record_latency: measure every call's duration for the histogram (costs two clock reads).
+        clock: a monotonic clock (``Callable[[], float]``); default: the running loop's.
+        listeners: callables receiving :class:`BreakerStateChanged` and :class:`BreakerRejected`.
+
+    Raises:
+        TypeError: a setting has the wrong type (``True`` is not a number).
+        ValueError: a setting is out of range or NaN, or settings that can never trip.
+    """
+
+    __slots__ = (
+        "_classifier", "_clock", "_clock_on_success", "_core", "_deadline_name", "_emit_rejections",
+        "_histogram", "_listeners", "_name", "_plain", "_result_check", "_stack", "_timed",
+        "_timeout",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_failures: int | None = 5,
+        reset_timeout: float = 60.0,
+        half_open_max_calls: int = 1,
+        half_open_successes: int = 3,
+        failure: ExceptionMatcher = Exception,
+        ignore: ExceptionMatcher | None = None,
+        failure_result: ResultPredicate | None = None,
+        window: CountWindow | TimeWindow | None = None,
+        failure_rate_threshold: float | None = None,
+        minimum_calls: int | None = None,
+        slow_call_duration: float | None = None,
+        slow_call_rate_threshold: float | None = None,
+        half_open_max_wait: float | None = None,
+        open_duration: Callable[[int], float] | None = None,
+        timeout: float | None = None,
+        record_latency: bool = False,
+        clock: Clock | None = None,
+        listeners: Iterable[Callable[[Event], None]] = (),
+    ) -> None:
+        self._name = check_name(name)
+        cfg = BreakerConfig(
+            max_failures=max_failures,
+            reset_timeout=reset_timeout,
+            half_open_max_calls=half_open_max_calls,
+            half_open_successes=half_open_successes,
+            window=window,
+            failure_rate_threshold=failure_rate_threshold,
+            minimum_calls=minimum_calls,
+            slow_call_duration=slow_call_duration,
+            slow_call_rate_threshold=slow_call_rate_threshold,
+            half_open_max_wait=half_open_max_wait,
+            open_duration=open_duration,
+        )
+        self._classifier = Classifier(failure, ignore=ignore, failure_result=failure_result)
+        if not isinstance(record_latency, bool):
+            raise TypeError("record_latency must be a bool")
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be a zero-argument callable, got {type(clock).__name__}")
+        self._clock = clock
+        self._timeout: Timeout | None = None
+        if timeout is not None:
+            seconds = check_number(
+                timeout, "timeout", min_value=0, allow_zero=False, allow_inf=True
+            )
+            if seconds != _INF:
+                self._timeout = Timeout(seconds, name=f"{self._name}.timeout")
+        self._deadline_name = f"{self._name}.timeout"
+        self._timed = record_latency or cfg.slow_call_duration is not None
+        self._clock_on_success = self._timed or isinstance(cfg.window, TimeWindow)
+        self._result_check = self._classifier.has_result_predicate
+        self._histogram = LatencyHistogram(DEFAULT_BUCKETS)
+        self._listeners: Listeners[Event] = Listeners(listeners)
+        self._emit_rejections = bool(self._listeners)
+        self._plain = not self._timed and self._timeout is None  # CLOSED admission needs no clock
+        fast = self._plain and not self._result_check
+        self._core = BreakerCore(cfg, self._on_transition, fast=fast)
+        self._stack: TaskLocalStack[tuple[int, float | None]] = TaskLocalStack(
+            f"dwcp_breaker_{id(self):x}"
+        )
+
+    # -- introspection -----------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The breaker's name."""
+        return self._name
+
+    @property
+    def config(self) -> BreakerConfig:
+        """The validated settings."""
+        return self._core.cfg
+
+    @property
+    def window_duration(self) -> float | None:
+        """The time window's length in seconds (``None`` without a time window)."""
+        window = self._core.cfg.window
+        return window.seconds if isinstance(window, TimeWindow) else None
+
+    @property
+    def state(self) -> BreakerState:
+        """The state a call would see now (makes a due OPEN -> HALF_OPEN move, with its event)."""
+        return self._core.poll(self._now())
+
+    @property
+    def inflight(self) -> int:
+        """Admitted calls whose outcome is not recorded yet (see :class:`BreakerStatistics`)."""
+        return self._core.inflight
+
+    def statistics(self) -> BreakerStatistics:
+        """A frozen snapshot of the state and the counters (applies due lazy transitions first)."""
+        core = self._core
+        now = self._now()
+        state = core.poll(now)
+        calls, failures, slow = core.window_totals(now)
+        histogram = self._histogram
+        return BreakerStatistics(
+            name=self._name,
+            state=state,
+            forced_open=core.isolated,
+            disabled=core.disabled,
+            epoch=core.epoch,
+            consecutive_failures=core.consecutive,
+            window_calls=calls,
+            window_failures=failures,
+            window_slow_calls=slow,
+            failure_rate=failures / calls if calls else 0.0,
+            slow_call_rate=slow / calls if calls else 0.0,
+            half_open_probes=core.probes,
+            half_open_successes=core.probe_successes,
+            opens=core.opens,
+            retry_after=core.retry_after(now) if state is OPEN else None,
+            admitted=core.admitted + core.fast_successes,
+            successes=core.successes + core.fast_successes,
+            failures=core.failures,
+            rejected=core.rejected,
+            ignored=core.ignored,
+            stale=core.stale,
+            slow_calls=core.slow_calls,
+            inflight=core.inflight,
+            state_changes=MappingProxyType(dict(core.state_changes)),
+            latency_buckets=histogram.bounds,
+            latency_counts=histogram.cumulative(),
+            latency_sum=histogram.sum,
+            latency_count=histogram.count,
+        )
+
+    def __repr__(self) -> str:
+        core = self._core
+        state = core.state
+        text = f"<CircuitBreaker {self._name!r} {state}"
+        if core.disabled:
+            text += " (disabled)"
+        if state is OPEN:
+            if core.isolated:
+                text += " (forced)"
+            else:
+                left = core.open_until - self._now()
+                text += f", probe in {left:.3g}s" if left > 0 else ", probe due"
+        elif state is BreakerState.HALF_OPEN:
+            text += f", {core.probes}/{core.cfg.half_open_max_calls} probes"
+            text += f", {core.probe_successes}/{core.cfg.half_open_successes} ok"
+        else:
+            text += f", {core.consecutive} consecutive failures"
+        return (
+            f"{text}, {core.successes + core.fast_successes} ok / {core.failures} failed"
+            f" / {core.rejected} rejected"
+            f" / {core.inflight} in flight>"
+        )
+
+    # -- manual control ----------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Close the breaker and clear its window; ends ``force_open()`` and ``disable()``."""
+        self._core.reset(self._now())
+
+    def force_open(self) -> None:
+        """Isolate: reject every call (``retry_after=None``) until :meth:`reset`."""
+        self._core.force_open(self._now())
+
+    def disable(self) -> None:
+        """Admit every call and never trip (outcomes are still counted) until :meth:`reset`."""
+        self._core.disable(self._now())
+
+    def add_listener(self, listener: Callable[[Event], None]) -> None:
+        """Register a listener for :class:`BreakerStateChanged` and :class:`BreakerRejected`."""
+        self._listeners.add(listener)
+        self._emit_rejections = True
+
+    def remove_listener(self, listener: Callable[[Event], None]) -> None:
+        """Unregister a listener (``ValueError`` if it was not registered)."""
+        self._listeners.remove(listener)
+        self._emit_rejections = bool(self._listeners)
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        clock = self._clock
+        return (_clock_get(None) or _resolve_clock())() if clock is None else clock()
+
+    def _on_transition(
+        self, old: BreakerState, new: BreakerState, now: float, reason: str, manual: bool
+    ) -> None:
+        core = self._core
+        error = core.open_duration_error
+        if error is not None:
+            core.open_duration_error = None
+            _log.error(
+                "breaker %r: open_duration failed (%r); used reset_timeout", self._name, error
+            )
+        if self._listeners:
+            self._listeners.emit(BreakerStateChanged(self._name, now, old, new, reason, manual))
+
+    def _emit_rejected(self, now: float, retry_after: float) -> None:
+        self._listeners.emit(BreakerRejected(self._name, now, OPEN, retry_after))
+
+    def _refuse(self, now: float) -> CircuitOpen:
+        """The exception for a call the core refused (already counted), after telling listeners."""
+        core = self._core
+        retry_after = core.retry_after(now)
+        if self._emit_rejections:
+            self._listeners.emit(BreakerRejected(self._name, now, core.state, retry_after))
+        return _circuit_open(self._name, retry_after)
+
+    def _begin(self) -> tuple[int, float | None]:
+        """Admit a call on the general path: ``(ticket, start)``, or raise.
+
+        ``start`` is the admission time, or ``None`` when nothing needs it (CLOSED and untimed).
+
+        Raises:
+            CircuitOpen: the core refused the call.
+            DeadlineExceeded: a per-call timeout is set and the enclosing deadline has passed already
+                (the callee would not run; nothing is counted).
+        """
+        core = self._core
+        deadline = current_deadline() if self._timeout is not None else _INF
+        if core.state is CLOSED and deadline == _INF:  # admitting needs no clock
+            core.admitted += 1
+            return core.epoch, (self._now() if self._timed else None)
+        now = self._now()
+        if deadline <= now and self._clock is None and self._timeout is not None:
+            raise DeadlineExceeded(self._deadline_name, self._timeout.seconds)
+        ticket = core.try_acquire(now)
+        if ticket < 0:
+            raise self._refuse(now)
+        return ticket, now
+
+    def _record(self, ticket: int, outcome: Outcome, start: float | None) -> None:
+        core = self._core
+        if outcome is _NEUTRAL:
+            core.on_neutral(ticket)
+            return
+        if (
+            outcome is _SUCCESS
+            and start is None
+            and not self._clock_on_success
+            and (core.state is CLOSED or ticket != core.epoch)
+        ):
+            core.on_success(ticket, None)  # no clock needed: no transition, no time window
+            return
+        now = self._now()
+        duration = None
+        if start is not None and self._timed:
+            duration = now - start
+            self._histogram.observe(duration)
+        if outcome is _FAILURE:
+            core.on_failure(ticket, now, duration)
+        else:
+            core.on_success(ticket, now, duration)
+
+    def _record_exception(self, ticket: int, exc: BaseException, start: float | None) -> None:
+        if (
+            type(exc) is DeadlineExceeded
+            and self._timeout is not None
+            and exc.name == self._deadline_name
+        ):
+            outcome = _FAILURE  # our own per-call timeout fired
+        else:
+            outcome = self._classifier.of_exception(exc)
+        self._record(ticket, outcome, start)
+
+    def _end(self, ticket: int, start: float | None, result: object) -> None:
+        if self._result_check:
+            self._record(ticket, self._classifier.of_result(result), start)
+        elif start is None and not self._clock_on_success:
+            core = self._core
+            if core.state is CLOSED or ticket != core.epoch:
+                core.on_success(ticket, None)  # no clock needed: no transition, no time window
+            else:
+                self._record(ticket, _SUCCESS, start)
+        else:
+            self._record(ticket, _SUCCESS, start)
+
+    def _fast_exception(self, epoch: int, exc: BaseException) -> None:
+        """A fast-path call raised: admit it in the core's books, then record its outcome."""
+        self._core.admit_late()
+        self._record_exception(epoch, exc, None)
+
+    def _fast_stale(self) -> None:
+        core = self._core
+        core.admit_late()
+        core.stale += 1
+
+    # -- the three idioms --------------------------------------------------------------------------
+
+    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` if the breaker admits it and record the outcome.
+
+        Raises:
+            CircuitOpen: the breaker refused the call (the callee did not run).
+            DeadlineExceeded: the per-call ``timeout`` fired (the callee was cancelled).
+        """
+        # Keep in step with the decorator's wrapper in __call__ (inlined there to save a frame).
+        core = self._core
+        epoch = core.route
+        if epoch >= 0:  # CLOSED, consecutive mode: no clock, no allocation
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                self._fast_exception(epoch, exc)
+                raise
+            if core.route == epoch:
+                core.fast_successes += 1
+                core.consecutive = 0
+            else:
+                self._fast_stale()
+            return result
+        if epoch == ROUTE_OPEN:  # one clock read, one fresh exception
+            clock = self._clock
+            now = (_clock_get(None) or _resolve_clock())() if clock is None else clock()
+            until = core.reject_until
+            if now < until:
+                core.rejected += 1
+                if self._emit_rejections:
+                    self._emit_rejected(now, until - now)
+                raise _circuit_open(self._name, until - now)
+        if core.state is CLOSED and self._plain:  # no clock needed to admit
+            core.admitted += 1
+            ticket, start = core.epoch, None
+        else:
+            ticket, start = self._begin()
+        try:
+            if self._timeout is None:
+                result = await fn(*args, **kwargs)
+            else:
+                result = await self._timeout.call(fn, *args, **kwargs)
+        except BaseException as exc:
+            self._record_exception(ticket, exc, start)
+            raise
+        self._end(ticket, start, result)
+        return result
+
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        """Decorate an ``async def`` so every call runs through this breaker.
+
+        Raises:
+            TypeError: if ``fn`` is a plain (synchronous) function.
+        """
+        if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"@CircuitBreaker needs an async def, got {fn.__qualname__}")
+        core = self._core
+        fast_exception, fast_stale = self._fast_exception, self._fast_stale
+        begin, end, record_exception = self._begin, self._end, self._record_exception
+
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            epoch = core.route
+            if epoch >= 0:
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    fast_exception(epoch, exc)
+                    raise
+                if core.route == epoch:
+                    core.fast_successes += 1
+                    core.consecutive = 0
+                else:
+                    fast_stale()
+                return result
+            if epoch == ROUTE_OPEN:
+                clock = self._clock
+                now = (_clock_get(None) or _resolve_clock())() if clock is None else clock()
+                until = core.reject_until
+                if now < until:
+                    core.rejected += 1
+                    if self._emit_rejections:
+                        self._emit_rejected(now, until - now)
+                    raise _circuit_open(self._name, until - now)
+            if core.state is CLOSED and self._plain:
+                core.admitted += 1
+                ticket, start = core.epoch, None
+            else:
+                ticket, start = begin()
+            try:
+                if self._timeout is None:
+                    result = await fn(*args, **kwargs)
+                else:
+                    result = await self._timeout.call(fn, *args, **kwargs)
+            except BaseException as exc:
+                record_exception(ticket, exc, start)
+                raise
+            end(ticket, start, result)
+            return result
+
+        return wrapper
+
+    async def __aenter__(self) -> CircuitBreaker:
+        ticket, start = self._begin()
+        if self._timeout is not None:
+            try:
+                await self._timeout.__aenter__()
+            except BaseException:
+                self._core.on_neutral(ticket)  # the body never ran
+                raise
+        self._stack.push((ticket, start))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        ticket, start = self._stack.pop()
+        if self._timeout is not None:
+            try:
+                await self._timeout.__aexit__(exc_type, exc, tb)
+            except BaseException as timeout_exc:
+                self._record_exception(ticket, timeout_exc, start)
+                raise
+        if exc is None:
+            self._record(ticket, _SUCCESS, start)
+        else:
+            self._record_exception(ticket, exc, start)
