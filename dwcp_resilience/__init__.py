@@ -43,6 +43,15 @@ from .core.policy import (
     PolicyBase,
     TaskLocalStack,
 )
+from .policies.backoff import (
+    Backoff,
+    ConstantBackoff,
+    ExponentialBackoff,
+    FibonacciBackoff,
+    Jitter,
+    LinearBackoff,
+    RandomSource,
+)
 from .policies.breaker import (
     BreakerRejected,
     BreakerState,
@@ -51,6 +60,19 @@ from .policies.breaker import (
     CircuitBreaker,
     CountWindow,
     TimeWindow,
+)
+from .policies.retry import (
+    TRANSIENT_ERRORS,
+    Attempt,
+    Retry,
+    RetryEvent,
+    RetryGaveUp,
+    RetryScheduled,
+    RetryStatistics,
+)
+from .policies.retry_budget import (
+    RetryBudget,
+    RetryBudgetStatistics,
 )
 from .policies.timeout import (
     Timeout,
@@ -62,6 +84,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0+unknown"
 
 __all__ = (
+    "Attempt",
+    "Backoff",
     "BreakerRejected",
     "BreakerState",
     "BreakerStateChanged",
@@ -71,10 +95,15 @@ __all__ = (
     "CircuitOpen",
     "Classifier",
     "Clock",
+    "ConstantBackoff",
     "CountWindow",
     "DeadlineExceeded",
     "Event",
     "ExceptionMatcher",
+    "ExponentialBackoff",
+    "FibonacciBackoff",
+    "Jitter",
+    "LinearBackoff",
     "Listener",
     "Listeners",
     "OperationContext",
@@ -82,10 +111,19 @@ __all__ = (
     "Pipeline",
     "Policy",
     "PolicyBase",
+    "RandomSource",
     "RateLimited",
     "Rejected",
     "ResilienceError",
     "ResultPredicate",
+    "Retry",
+    "RetryBudget",
+    "RetryBudgetStatistics",
+    "RetryEvent",
+    "RetryGaveUp",
+    "RetryScheduled",
+    "RetryStatistics",
+    "TRANSIENT_ERRORS",
     "TaskLocalStack",
     "TimeWindow",
     "Timeout",
