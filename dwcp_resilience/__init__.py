@@ -43,6 +43,10 @@ from .core.policy import (
     PolicyBase,
     TaskLocalStack,
 )
+from .policies.adaptive import (
+    AdaptiveRateLimiter,
+    AdaptiveRateLimiterStatistics,
+)
 from .policies.backoff import (
     Backoff,
     ConstantBackoff,
@@ -60,6 +64,18 @@ from .policies.breaker import (
     CircuitBreaker,
     CountWindow,
     TimeWindow,
+)
+from .policies.bulkhead import (
+    Bulkhead,
+    BulkheadStatistics,
+)
+from .policies.keyed import (
+    KeyedRateLimiter,
+    KeyedRateLimiterStatistics,
+)
+from .policies.ratelimit import (
+    RateLimiter,
+    RateLimiterStatistics,
 )
 from .policies.retry import (
     TRANSIENT_ERRORS,
@@ -84,13 +100,17 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0+unknown"
 
 __all__ = (
+    "AdaptiveRateLimiter",
+    "AdaptiveRateLimiterStatistics",
     "Attempt",
     "Backoff",
     "BreakerRejected",
     "BreakerState",
     "BreakerStateChanged",
     "BreakerStatistics",
+    "Bulkhead",
     "BulkheadFull",
+    "BulkheadStatistics",
     "CircuitBreaker",
     "CircuitOpen",
     "Classifier",
@@ -103,6 +123,8 @@ __all__ = (
     "ExponentialBackoff",
     "FibonacciBackoff",
     "Jitter",
+    "KeyedRateLimiter",
+    "KeyedRateLimiterStatistics",
     "LinearBackoff",
     "Listener",
     "Listeners",
@@ -113,6 +135,8 @@ __all__ = (
     "PolicyBase",
     "RandomSource",
     "RateLimited",
+    "RateLimiter",
+    "RateLimiterStatistics",
     "Rejected",
     "ResilienceError",
     "ResultPredicate",
