@@ -1,0 +1,610 @@
+"""``ResilienceManager``: named policies wired into one stack per operation.
+
+The manager holds no policy logic. It keeps, per operation name, at most one policy of each kind and
+runs ``await rm.execute_with_all_protections(ctx, op)`` through them in this order, outermost first::
+
+    [deadline] -> bulkhead -> retry -> circuit breaker -> rate limiter -> attempt timeout -> chaos -> op
+
+then records the outcome to the operation's error budget and its latency to its latency budget.
+
+- ``[deadline]`` is the earlier of the :class:`~dwcp_resilience.OperationContext`'s deadline and the
+  operation's registered total deadline (:meth:`ResilienceManager.register_deadline`). It encloses
+  the whole run, bulkhead queueing included, so no wait, attempt or backoff outlives it; when it
+  fires the caller gets :class:`~dwcp_resilience.DeadlineExceeded`. (DESIGN.md draws the deadline
+  inside the bulkhead; a caller's deadline that a queue wait could overrun would not bound "the whole
+  run", so the scope starts first. The bulkhead still comes before any attempt.)
+- Every attempt passes the breaker (so it sees each one), then spends a token (only attempts that may
+  reach the wire do), then gets its own timeout; chaos is innermost, so injected faults flow through
+  the breaker and retry like real ones.
+- A missing component means no protection of that kind, never "skip the call".
+- The real result, or the real exception, always reaches the caller.
+- Outcomes recorded per operation: ``success``, ``failure``, ``rejected`` (one of our
+  :class:`~dwcp_resilience.Rejected`: the caller was refused service, so the error budget counts it
+  as a failed request, but latency budgets do not see it) and ``cancelled`` (recorded nowhere but
+  the counter: cancellation is not an outcome of the operation).
+
+Registration is safe while operations run: each registration builds a new immutable stack for its
+operation and swaps it in; a call in flight keeps the stack it started with.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType, TracebackType
+from typing import Any, TypeVar
+
+from .core.clock import Clock, loop_time
+from .core.context import OperationContext, _current, _deadline
+from .core.errors import Rejected
+from .core.validate import check_name, check_number
+from .policies.adaptive import AdaptiveRateLimiter
+from .policies.backoff import ExponentialBackoff
+from .policies.breaker import CircuitBreaker
+from .policies.bulkhead import Bulkhead
+from .policies.chaos import Chaos
+from .policies.ratelimit import RateLimiter
+from .policies.retry import Retry
+from .policies.timeout import Timeout
+from .slo.degradation import DegradationManager
+from .slo.error_budget import ErrorBudget
+from .slo.health import HealthCheck, HealthMonitor
+from .slo.latency_budget import LatencyBudget
+
+__all__ = (
+    "OperationStatistics",
+    "PipelineConfigError",
+    "PipelineWarning",
+    "ResilienceManager",
+    "ResilienceSnapshot",
+    "StackReport",
+)
+
+T = TypeVar("T")
+Operation = Callable[[OperationContext], Awaitable[T]]
+
+_INF = math.inf
+_ctx_set = _current.set
+_ctx_reset = _current.reset
+_deadline_get = _deadline.get
+
+
+class PipelineWarning(UserWarning):
+    """A registration made a combination the anchors call a foot-gun (see :class:`StackReport`)."""
+
+
+class PipelineConfigError(ValueError):
+    """A registration made a foot-gun combination and the manager is ``strict``."""
+
+
+@dataclass(frozen=True, slots=True)
+class StackReport:
+    """What an operation's stack does, in the worst case.
+
+    Attributes:
+        operation: the operation name.
+        layers: the names of the registered layers, outermost first.
+        worst_case_attempts: how many times ``op`` can run for one call.
+        worst_case_latency: the longest one call can take in seconds (``inf`` when nothing bounds
+            it: no deadline and no attempt timeout).
+        problems: the foot-guns found (empty when none).
+    """
+
+    operation: str
+    layers: tuple[str, ...]
+    worst_case_attempts: int
+    worst_case_latency: float
+    problems: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OperationStatistics:
+    """Per-operation outcome counts and the statistics of each registered policy."""
+
+    operation: str
+    calls: int
+    successes: int
+    failures: int
+    rejected: int
+    cancelled: int
+    policies: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class ResilienceSnapshot:
+    """A frozen snapshot of everything the manager holds (``get_all_metrics()``)."""
+
+    name: str
+    operations: Mapping[str, OperationStatistics]
+    healthy: bool
+    health: object
+    degradation: object
+
+
+@dataclass(frozen=True, slots=True)
+class _Components:
+    bulkhead: Bulkhead | None = None
+    retry: Retry | None = None
+    breaker: CircuitBreaker | None = None
+    limiter: RateLimiter | AdaptiveRateLimiter | None = None
+    timeout: Timeout | None = None
+    chaos: Chaos | None = None
+    deadline: float | None = None
+    error_budget: ErrorBudget | None = None
+    latency_budget: LatencyBudget | None = None
+
+    def layers(self) -> list[tuple[str, Any]]:
+        return [
+            (kind, policy)
+            for kind, policy in (
+                ("bulkhead", self.bulkhead),
+                ("retry", self.retry),
+                ("circuit_breaker", self.breaker),
+                ("rate_limiter", self.limiter),
+                ("timeout", self.timeout),
+                ("chaos", self.chaos),
+            )
+            if policy is not None
+        ]
+
+
+class _Counts:
+    __slots__ = ("calls", "cancelled", "failures", "rejected", "successes")
+
+    def __init__(self) -> None:
+        self.calls = self.successes = self.failures = self.rejected = self.cancelled = 0
+
+
+class _Stack:
+    """One operation's compiled stack: immutable, swapped whole on registration."""
+
+    __slots__ = (
+        "_adaptive",
+        "_budget",
+        "_chain",
+        "_clock",
+        "_counts",
+        "_deadline",
+        "_deadline_timeout",
+        "_latency",
+        "_outer",
+        "components",
+        "operation",
+    )
+
+    def __init__(self, operation: str, components: _Components, counts: _Counts, clock: Clock):
+        self.operation = operation
+        self.components = components
+        self._counts = counts
+        self._clock = clock
+        calls = [policy.call for _, policy in components.layers()]
+        self._outer: Callable[..., Awaitable[Any]] | None = calls[0] if calls else None
+        self._chain = tuple(calls[1:])
+        self._deadline = components.deadline
+        self._deadline_timeout = Timeout(_INF, name=f"{operation}-deadline")
+        self._budget = components.error_budget
+        self._latency = components.latency_budget
+        limiter = components.limiter
+        self._adaptive = limiter if isinstance(limiter, AdaptiveRateLimiter) else None
+
+    async def _inner(self, ctx: OperationContext, op: Operation[T]) -> T:
+        outer = self._outer
+        if outer is None:
+            return await op(ctx)
+        result: T = await outer(*self._chain, op, ctx)
+        return result
+
+    async def run(self, ctx: OperationContext, op: Operation[T]) -> T:
+        counts = self._counts
+        counts.calls += 1
+        deadline = ctx.deadline
+        if self._deadline is not None:
+            own = self._clock() + self._deadline
+            if deadline is None or own < deadline:
+                ctx = replace(ctx, deadline=own)
+                deadline = own
+        measure = self._latency is not None or self._adaptive is not None
+        start = self._clock() if measure else 0.0
+        token = _ctx_set(ctx)
+        try:
+            if deadline is not None and deadline < _deadline_get():
+                deadline_token = _deadline.set(deadline)
+                try:
+                    result = await self._deadline_timeout.call(self._inner, ctx, op)
+                finally:
+                    _deadline.reset(deadline_token)
+            else:
+                result = await self._inner(ctx, op)
+        except Rejected:
+            counts.rejected += 1
+            if self._budget is not None:
+                self._budget.record(False)
+            raise
+        except Exception:
+            counts.failures += 1
+            if self._budget is not None:
+                self._budget.record(False)
+            if measure:
+                self._observe(self._clock() - start)
+            raise
+        except BaseException:
+            counts.cancelled += 1
+            raise
+        finally:
+            _ctx_reset(token)
+        counts.successes += 1
+        if self._budget is not None:
+            self._budget.record(True)
+        if measure:
+            self._observe(self._clock() - start)
+        return result
+
+    def _observe(self, elapsed: float) -> None:
+        if self._latency is not None:
+            self._latency.record(elapsed)
+        if self._adaptive is not None:
+            self._adaptive.record_latency(elapsed)
+
+
+class ResilienceManager:
+    """Named policies per operation, composed by :meth:`execute_with_all_protections`.
+
+    Args:
+        name: the manager's name (prefix of its health monitor and degradation manager).
+        clock: the monotonic clock for deadlines and latency (default: the running loop's).
+        health_interval: seconds between health rounds (Go: 10 s).
+        health_timeout: per-check timeout (Go: 5 s).
+        max_attempts: retries beyond this many attempts per call are a foot-gun (default 10).
+        strict: raise :class:`PipelineConfigError` on a foot-gun instead of warning.
+
+    Use it as an async context manager to run health monitoring for its lifetime.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        clock: Clock | None = None,
+        health_interval: float = 10.0,
+        health_timeout: float = 5.0,
+        max_attempts: int = 10,
+        strict: bool = False,
+    ) -> None:
+        self.name = check_name(name)
+        self._clock: Clock = loop_time if clock is None else clock
+        self._max_attempts = max_attempts
+        self._strict = bool(strict)
+        self._lock = threading.Lock()  # registration only; never taken on the call path
+        self._components: dict[str, _Components] = {}
+        self._counts: dict[str, _Counts] = {}
+        self._stacks: dict[str, _Stack] = {}
+        self._contexts: dict[str, OperationContext] = {}
+        self.health = HealthMonitor(
+            f"{name}-health", interval=health_interval, timeout=health_timeout
+        )
+        self.degradation = DegradationManager(f"{name}-degradation")
+        self._health_cm: Any = None
+
+    def __repr__(self) -> str:
+        return f"<ResilienceManager {self.name!r}: {len(self._components)} operations>"
+
+    # --- registration ---------------------------------------------------------------------------
+
+    def _update(self, operation: str, **changes: Any) -> None:
+        check_name(operation, "operation")
+        with self._lock:
+            old = self._components.get(operation, _Components())
+            new = replace(old, **changes)
+            report = self._report(operation, new)
+            if report.problems:
+                message = f"{operation!r}: " + "; ".join(report.problems)
+                if self._strict:
+                    raise PipelineConfigError(message)
+                warnings.warn(message, PipelineWarning, stacklevel=3)
+            counts = self._counts.setdefault(operation, _Counts())
+            self._components[operation] = new
+            self._stacks[operation] = _Stack(operation, new, counts, self._clock)
+
+    def register(self, operation: str, *policies: object) -> None:
+        """Register built policy objects (of any kind below) for ``operation``.
+
+        Raises:
+            TypeError: for an object that is not one of the supported policy types.
+        """
+        changes: dict[str, Any] = {}
+        for policy in policies:
+            if isinstance(policy, Bulkhead):
+                changes["bulkhead"] = policy
+            elif isinstance(policy, Retry):
+                changes["retry"] = policy
+            elif isinstance(policy, CircuitBreaker):
+                changes["breaker"] = policy
+            elif isinstance(policy, RateLimiter | AdaptiveRateLimiter):
+                changes["limiter"] = policy
+            elif isinstance(policy, Timeout):
+                changes["timeout"] = policy
+            elif isinstance(policy, Chaos):
+                changes["chaos"] = policy
+            elif isinstance(policy, ErrorBudget):
+                changes["error_budget"] = policy
+            elif isinstance(policy, LatencyBudget):
+                changes["latency_budget"] = policy
+            else:
+                raise TypeError(f"cannot register {type(policy).__name__} for {operation!r}")
+        self._update(operation, **changes)
+
+    def register_circuit_breaker(
+        self,
+        name: str,
+        max_failures: int = 5,
+        timeout: float | None = 30.0,
+        reset_timeout: float = 60.0,
+        **options: Any,
+    ) -> CircuitBreaker:
+        """Register a breaker for operation ``name`` (Go: ``RegisterCircuitBreaker``).
+
+        ``timeout`` is the Go breaker's per-call timeout: it becomes the operation's attempt timeout
+        unless one is registered already (``None`` for none). ``options`` go to
+        :class:`~dwcp_resilience.CircuitBreaker`.
+        """
+        breaker = CircuitBreaker(
+            name,
+            max_failures=max_failures,
+            reset_timeout=reset_timeout,
+            clock=self._clock,
+            **options,
+        )
+        changes: dict[str, Any] = {"breaker": breaker}
+        current = self._components.get(name)
+        if timeout is not None and (current is None or current.timeout is None):
+            changes["timeout"] = Timeout(timeout, name=f"{name}-timeout")
+        self._update(name, **changes)
+        return breaker
+
+    def register_retry_policy(  # noqa: PLR0917 - the Go RegisterRetryPolicy order
+        self,
+        name: str,
+        max_retries: int = 3,
+        initial_delay: float = 0.1,
+        max_delay: float = 10.0,
+        multiplier: float = 2.0,
+        jitter: bool = True,
+        **options: Any,
+    ) -> Retry:
+        """Register a retry policy with exponential backoff for ``name`` (Go: ``RegisterRetryPolicy``)."""
+        retry = Retry(
+            name,
+            max_retries=max_retries,
+            backoff=ExponentialBackoff(
+                initial_delay=initial_delay,
+                max_delay=max_delay,
+                multiplier=multiplier,
+                jitter=jitter,
+            ),
+            **options,
+        )
+        self._update(name, retry=retry)
+        return retry
+
+    def register_rate_limiter(self, name: str, rps: float, burst: int) -> RateLimiter:
+        """Register a token bucket of ``rps`` tokens/s and ``burst`` for ``name``."""
+        limiter = RateLimiter(name, rate=rps, burst=burst, clock=self._clock)
+        self._update(name, limiter=limiter)
+        return limiter
+
+    def register_adaptive_rate_limiter(  # noqa: PLR0917 - the Go order
+        self,
+        name: str,
+        initial_rate: float,
+        min_rate: float,
+        max_rate: float,
+        target_latency: float,
+        window_size: int = 100,
+    ) -> AdaptiveRateLimiter:
+        """Register a latency-driven adaptive limiter for ``name``; it sees that operation's latency."""
+        limiter = AdaptiveRateLimiter(
+            name,
+            initial_rate=initial_rate,
+            min_rate=min_rate,
+            max_rate=max_rate,
+            target_latency=target_latency,
+            window_size=window_size,
+            clock=self._clock,
+        )
+        self._update(name, limiter=limiter)
+        return limiter
+
+    def register_bulkhead(
+        self, name: str, max_concurrent: int, max_queue: int = 0, max_wait: float | None = None
+    ) -> Bulkhead:
+        """Register a bulkhead for ``name`` (Go: ``RegisterBulkhead``)."""
+        bulkhead = Bulkhead(
+            name, max_concurrent=max_concurrent, max_queue=max_queue, max_wait=max_wait
+        )
+        self._update(name, bulkhead=bulkhead)
+        return bulkhead
+
+    def register_timeout(self, name: str, seconds: float) -> Timeout:
+        """Register the per-attempt timeout of ``name``."""
+        timeout = Timeout(seconds, name=f"{name}-timeout")
+        self._update(name, timeout=timeout)
+        return timeout
+
+    def register_deadline(self, name: str, seconds: float) -> None:
+        """Bound every call of ``name`` to ``seconds`` in total (attempts, backoff and queueing)."""
+        self._update(
+            name, deadline=check_number(seconds, "seconds", min_value=0.0, allow_zero=False)
+        )
+
+    def register_chaos(self, name: str, chaos: Chaos) -> Chaos:
+        """Inject ``chaos`` innermost in ``name``'s stack."""
+        self._update(name, chaos=chaos)
+        return chaos
+
+    def register_error_budget(
+        self, name: str, slo: float, window: float = 3600.0, **options: Any
+    ) -> ErrorBudget:
+        """Register the error budget every call of ``name`` is recorded to."""
+        budget = ErrorBudget(name, slo=slo, window=window, clock=self._clock, **options)
+        self._update(name, error_budget=budget)
+        return budget
+
+    def register_latency_budget(
+        self, name: str, target: float, percentile: float = 95.0, max_samples: int = 1000
+    ) -> LatencyBudget:
+        """Register the latency budget every completed call of ``name`` is recorded to."""
+        budget = LatencyBudget(name, target=target, percentile=percentile, max_samples=max_samples)
+        self._update(name, latency_budget=budget)
+        return budget
+
+    def register_health_check(self, check: HealthCheck) -> None:
+        """Add a check to the manager's health monitor."""
+        self.health.add_check(check)
+
+    # --- lookup ---------------------------------------------------------------------------------
+
+    def operations(self) -> tuple[str, ...]:
+        """The registered operation names."""
+        return tuple(self._components)
+
+    def circuit_breaker(self, operation: str) -> CircuitBreaker | None:
+        components = self._components.get(operation)
+        return None if components is None else components.breaker
+
+    def components(self, operation: str) -> Mapping[str, object]:
+        """The policies registered for ``operation``, by kind."""
+        components = self._components.get(operation, _Components())
+        found: dict[str, object] = dict(components.layers())
+        if components.error_budget is not None:
+            found["error_budget"] = components.error_budget
+        if components.latency_budget is not None:
+            found["latency_budget"] = components.latency_budget
+        return MappingProxyType(found)
+
+    # --- execution ------------------------------------------------------------------------------
+
+    async def execute_with_all_protections(
+        self, ctx: OperationContext | str, op: Operation[T]
+    ) -> T:
+        """Run ``op(ctx)`` through the operation's stack and return its result.
+
+        ``ctx`` is an :class:`~dwcp_resilience.OperationContext` or an operation name. An operation
+        with nothing registered runs unprotected (and is still counted).
+
+        Raises:
+            whatever ``op`` raised (unchanged, after retries), a :class:`~dwcp_resilience.Rejected`
+            when a policy refused the call, or :class:`~dwcp_resilience.DeadlineExceeded`.
+        """
+        if isinstance(ctx, str):
+            context = self._contexts.get(ctx)
+            if context is None:
+                context = self._contexts[ctx] = OperationContext(ctx)
+            ctx = context
+        stack = self._stacks.get(ctx.operation)
+        if stack is None:
+            with self._lock:
+                stack = self._stacks.get(ctx.operation)
+                if stack is None:
+                    counts = self._counts.setdefault(ctx.operation, _Counts())
+                    stack = _Stack(ctx.operation, _Components(), counts, self._clock)
+                    self._stacks[ctx.operation] = stack
+        return await stack.run(ctx, op)
+
+    async def execute_with_degradation(
+        self,
+        normal: Callable[[], Awaitable[T]],
+        degraded: Callable[[], Awaitable[T]] | None = None,
+        emergency: Callable[[], Awaitable[T]] | None = None,
+    ) -> T:
+        """Run the branch the current degradation level picks (see ``DegradationManager.execute``)."""
+        return await self.degradation.execute(normal, degraded, emergency)
+
+    # --- the pipeline check ---------------------------------------------------------------------
+
+    def describe(self, operation: str) -> StackReport:
+        """The worst case of ``operation``'s stack (attempts, latency) and its foot-guns."""
+        return self._report(operation, self._components.get(operation, _Components()))
+
+    def _report(self, operation: str, c: _Components) -> StackReport:
+        problems: list[str] = []
+        attempts = 1 if c.retry is None else c.retry.max_retries + 1
+        attempt_timeout = _INF if c.timeout is None else c.timeout.seconds
+        deadline = _INF if c.deadline is None else c.deadline
+        if attempts > self._max_attempts:
+            problems.append(
+                f"retries multiply each call into {attempts} attempts (limit {self._max_attempts})"
+            )
+        if c.retry is not None and math.isfinite(deadline) and attempt_timeout >= deadline:
+            problems.append(
+                f"attempt timeout {attempt_timeout:g}s >= total deadline {deadline:g}s: "
+                "no retry can ever run"
+            )
+        window = getattr(c.breaker, "window_duration", None) if c.breaker is not None else None
+        if window is not None and math.isfinite(attempt_timeout) and window < 2 * attempt_timeout:
+            problems.append(
+                f"breaker window {window:g}s is shorter than twice the attempt timeout "
+                f"{attempt_timeout:g}s: slow failures fall out of the window before they count"
+            )
+        backoff_total = 0.0
+        if c.retry is not None:
+            backoff_total = c.retry.max_retries * c.retry.backoff.max_delay
+        wait = 0.0
+        if c.bulkhead is not None:
+            max_wait = c.bulkhead.max_wait
+            wait = _INF if max_wait is None and c.bulkhead.max_queue > 0 else (max_wait or 0.0)
+        latency = wait + attempts * attempt_timeout + backoff_total
+        latency = min(latency, deadline)
+        layers = tuple(kind for kind, _ in c.layers())
+        if c.deadline is not None:
+            layers = ("deadline", *layers)
+        return StackReport(operation, layers, attempts, latency, tuple(problems))
+
+    # --- health, snapshot, lifetime ---------------------------------------------------------------
+
+    def is_healthy(self) -> bool:
+        return self.health.healthy
+
+    def statistics(self, operation: str) -> OperationStatistics:
+        counts = self._counts.get(operation, _Counts())
+        policies = {
+            kind: policy.statistics()
+            for kind, policy in self.components(operation).items()
+            if hasattr(policy, "statistics")
+        }
+        return OperationStatistics(
+            operation,
+            counts.calls,
+            counts.successes,
+            counts.failures,
+            counts.rejected,
+            counts.cancelled,
+            MappingProxyType(policies),
+        )
+
+    def get_all_metrics(self) -> ResilienceSnapshot:
+        """A frozen snapshot of every operation's counts and policy statistics, health and level."""
+        names = set(self._components) | set(self._counts)
+        operations = {name: self.statistics(name) for name in sorted(names)}
+        return ResilienceSnapshot(
+            self.name,
+            MappingProxyType(operations),
+            self.health.healthy,
+            self.health.statistics(),
+            self.degradation.statistics(),
+        )
+
+    async def __aenter__(self) -> ResilienceManager:
+        self._health_cm = self.health
+        await self.health.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.health.__aexit__(exc_type, exc, tb)

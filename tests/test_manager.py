@@ -1,0 +1,455 @@
+"""ResilienceManager: order, propagation, missing parts, concurrency, cancellation, deadlines."""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from dwcp_resilience import (
+    BulkheadFull,
+    CircuitOpen,
+    DeadlineExceeded,
+    OperationContext,
+    Timeout,
+)
+from dwcp_resilience.manager import (
+    PipelineConfigError,
+    PipelineWarning,
+    ResilienceManager,
+    ResilienceSnapshot,
+)
+from dwcp_resilience.policies.backoff import ConstantBackoff
+from dwcp_resilience.policies.breaker import BreakerState, CircuitBreaker
+from dwcp_resilience.policies.breaker_core import TimeWindow
+from dwcp_resilience.policies.bulkhead import Bulkhead
+from dwcp_resilience.policies.chaos import Chaos
+from dwcp_resilience.policies.ratelimit import RateLimiter
+from dwcp_resilience.policies.retry import Retry
+from dwcp_resilience.slo.checks import PingCheck
+
+pytestmark = pytest.mark.anyio
+
+
+class Boom(ConnectionError):
+    pass
+
+
+def _recording(cls: type[Any], log: list[str], label: str) -> type[Any]:
+    """A subclass of a policy type whose ``call`` logs ``label`` on the way in."""
+
+    class Recording(cls):  # type: ignore[misc]
+        async def call(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            log.append(label)
+            return await super().call(fn, *args, **kwargs)
+
+    return Recording
+
+
+# --- order and propagation --------------------------------------------------------------------
+
+
+async def test_order_is_the_documented_one(anyio_backend: Any) -> None:
+    log: list[str] = []
+    rm = ResilienceManager("m")
+    rm.register(
+        "op",
+        _recording(Chaos, log, "chaos")("chaos", rate=0.0),
+        _recording(Timeout, log, "timeout")(5.0),
+        _recording(RateLimiter, log, "rate_limiter")("rl", rate=1000, burst=10),
+        _recording(CircuitBreaker, log, "circuit_breaker")("cb"),
+        _recording(Retry, log, "retry")("r", max_retries=1, backoff=ConstantBackoff(0.0)),
+        _recording(Bulkhead, log, "bulkhead")("bh", max_concurrent=2),
+    )
+
+    async def op(ctx: OperationContext) -> str:
+        log.append(f"op:{ctx.operation}")
+        return "result"
+
+    assert await rm.execute_with_all_protections("op", op) == "result"
+    assert log == [
+        "bulkhead",
+        "retry",
+        "circuit_breaker",
+        "rate_limiter",
+        "timeout",
+        "chaos",
+        "op:op",
+    ]
+    assert rm.describe("op").layers == (
+        "bulkhead",
+        "retry",
+        "circuit_breaker",
+        "rate_limiter",
+        "timeout",
+        "chaos",
+    )
+
+
+async def test_each_attempt_passes_the_breaker_and_spends_a_token(anyio_backend: Any) -> None:
+    rm = ResilienceManager("m")
+    retry = rm.register_retry_policy("op", 2, 0.0, 0.0, 1.0, False, retry_on=Boom)
+    breaker = rm.register_circuit_breaker("op", max_failures=10, timeout=None)
+    limiter = rm.register_rate_limiter("op", 1000, 10)
+    calls = 0
+
+    async def op(ctx: OperationContext) -> None:
+        nonlocal calls
+        calls += 1
+        raise Boom("down")
+
+    with pytest.raises(Boom) as info:
+        await rm.execute_with_all_protections("op", op)
+    assert calls == 3
+    assert "3 attempts" in "".join(getattr(info.value, "__notes__", []))
+    assert breaker.statistics().failures == 3
+    assert limiter.statistics().allowed == 3
+    assert retry.statistics().successes == 0
+
+
+async def test_errors_propagate_unchanged_and_results_return(anyio_backend: Any) -> None:
+    rm = ResilienceManager("m")
+    rm.register_circuit_breaker("op", timeout=1.0)
+    rm.register_retry_policy("op", 0)
+    error = KeyError("the real one")
+
+    async def failing(ctx: OperationContext) -> None:
+        raise error
+
+    async def ok(ctx: OperationContext) -> dict[str, int]:
+        return {"n": 1}
+
+    with pytest.raises(KeyError) as info:
+        await rm.execute_with_all_protections("op", failing)
+    assert info.value is error
+    assert await rm.execute_with_all_protections("op", ok) == {"n": 1}
+    stats = rm.statistics("op")
+    assert (stats.calls, stats.successes, stats.failures) == (2, 1, 1)
+
+
+async def test_missing_components_never_skip_the_call(anyio_backend: Any) -> None:
+    """Go skipped fn when the bulkhead, breaker or retry was missing; here each is optional."""
+    rm = ResilienceManager("m")
+    rm.register_error_budget("only-budget", 0.99)
+    ran: list[str] = []
+
+    async def op(ctx: OperationContext) -> str:
+        ran.append(ctx.operation)
+        return ctx.operation
+
+    assert await rm.execute_with_all_protections("only-budget", op) == "only-budget"
+    assert await rm.execute_with_all_protections("nothing-registered", op) == "nothing-registered"
+    ctx = OperationContext("with-context", labels={"peer": "p"})
+    assert await rm.execute_with_all_protections(ctx, op) == "with-context"
+    assert ran == ["only-budget", "nothing-registered", "with-context"]
+    assert rm.statistics("nothing-registered").successes == 1
+
+
+async def test_op_receives_the_context_and_sees_it_as_current(anyio_backend: Any) -> None:
+    from dwcp_resilience import current_context
+
+    rm = ResilienceManager("m")
+    ctx = OperationContext("op", labels={"tenant": "t1"})
+
+    async def op(received: OperationContext) -> bool:
+        return received is ctx and current_context() is ctx
+
+    assert await rm.execute_with_all_protections(ctx, op)
+    assert current_context() is None
+
+
+# --- budgets ----------------------------------------------------------------------------------
+
+
+@pytest.mark.virtual_time
+async def test_outcomes_and_latency_reach_the_budgets(anyio_backend: Any) -> None:
+    rm = ResilienceManager("m")
+    budget = rm.register_error_budget("op", 0.9, window=60, min_requests=1)
+    latency = rm.register_latency_budget("op", target=0.5, percentile=95.0)
+    rm.register_circuit_breaker("op", max_failures=2, timeout=None, reset_timeout=30)
+
+    async def slow_ok(ctx: OperationContext) -> None:
+        await anyio.sleep(0.25)
+
+    async def fail(ctx: OperationContext) -> None:
+        await anyio.sleep(1.0)
+        raise Boom()
+
+    await rm.execute_with_all_protections("op", slow_ok)
+    for _ in range(2):
+        with pytest.raises(Boom):
+            await rm.execute_with_all_protections("op", fail)
+    with pytest.raises(CircuitOpen):
+        await rm.execute_with_all_protections("op", slow_ok)
+    assert budget.counts() == (4, 3)  # the rejection counts as a failed request
+    assert latency.total == 3  # but its (zero) latency is not recorded
+    assert latency.p50 == pytest.approx(1.0, abs=1e-3)
+    stats = rm.statistics("op")
+    assert (stats.successes, stats.failures, stats.rejected) == (1, 2, 1)
+
+
+# --- deadlines --------------------------------------------------------------------------------
+
+
+@pytest.mark.virtual_time
+async def test_context_deadline_bounds_retries_and_backoffs(anyio_backend: Any) -> None:
+    rm = ResilienceManager("m")
+    rm.register_retry_policy("op", 8, 0.4, 0.4, 1.0, False, retry_on=Boom)
+    attempts: list[float] = []
+    start = anyio.current_time()
+
+    async def op(ctx: OperationContext) -> None:
+        attempts.append(anyio.current_time() - start)
+        await anyio.sleep(0.1)
+        raise Boom()
+
+    ctx = OperationContext.with_timeout("op", 1.2)
+    with pytest.raises((Boom, DeadlineExceeded)):
+        await rm.execute_with_all_protections(ctx, op)
+    elapsed = anyio.current_time() - start
+    assert elapsed <= 1.2 + 1e-6
+    assert len(attempts) <= 3  # 0.0, 0.5, 1.0 at most: none starts that cannot finish
+    assert all(t < 1.2 for t in attempts)
+
+
+@pytest.mark.virtual_time
+async def test_deadline_also_bounds_a_hung_attempt(anyio_backend: Any) -> None:
+    rm = ResilienceManager("m")
+    rm.register_retry_policy("op", 3, 0.1, 0.1, 1.0, False, retry_on=Boom)
+
+    async def hang(ctx: OperationContext) -> None:
+        await anyio.sleep(100)
+
+    start = anyio.current_time()
+    with pytest.raises(DeadlineExceeded):
+        await rm.execute_with_all_protections(OperationContext.with_timeout("op", 2), hang)
+    assert anyio.current_time() - start == pytest.approx(2, abs=1e-3)
+
+
+@pytest.mark.virtual_time
+async def test_registered_deadline_bounds_bulkhead_queueing(anyio_backend: Any) -> None:
+    rm = ResilienceManager("m")
+    bulkhead = rm.register_bulkhead("op", 1, max_queue=10)
+    rm.register_deadline("op", 1.0)
+
+    async def hold(ctx: OperationContext) -> None:
+        await anyio.sleep(0.9)
+
+    results: list[str] = []
+
+    async def caller() -> None:
+        try:
+            await rm.execute_with_all_protections("op", hold)
+            results.append("ok")
+        except DeadlineExceeded:
+            results.append("deadline")
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(caller)
+    assert sorted(results) == ["deadline", "deadline", "ok"]
+    assert bulkhead.statistics().available == 1
+
+
+# --- cancellation leaves nothing behind ---------------------------------------------------------
+
+
+@pytest.mark.virtual_time
+@pytest.mark.parametrize("stage", ["queued", "backoff", "tokens", "probe", "op"])
+async def test_cancelling_the_caller_at_each_stage_leaks_nothing(
+    anyio_backend: Any, stage: str
+) -> None:
+    rm = ResilienceManager("m")
+    bulkhead = rm.register_bulkhead("op", 1, max_queue=5)
+    retry = rm.register_retry_policy("op", 3, 5.0, 5.0, 1.0, False, retry_on=Boom)
+    breaker = rm.register_circuit_breaker(
+        "op", max_failures=1, timeout=None, reset_timeout=1.0, half_open_successes=1
+    )
+    limiter = rm.register_rate_limiter("op", 1.0, 1)
+    assert retry is not None
+    gate = anyio.Event()
+
+    async def blocker(ctx: OperationContext) -> None:
+        await gate.wait()
+
+    async def fail(ctx: OperationContext) -> None:
+        raise Boom()
+
+    async def hang(ctx: OperationContext) -> None:
+        await anyio.sleep(100)
+
+    async with anyio.create_task_group() as tg:
+        if stage == "queued":
+            tg.start_soon(rm.execute_with_all_protections, "op", blocker)
+            await anyio.sleep(0.01)
+            with anyio.move_on_after(0.5):
+                await rm.execute_with_all_protections("op", hang)
+            gate.set()
+        elif stage == "backoff":
+            with anyio.move_on_after(1.0):  # first attempt fails, then sleeps 5 s
+                await rm.execute_with_all_protections("op", fail)
+        elif stage == "tokens":
+            limiter.try_acquire()  # the bucket is empty now: the next attempt waits ~1 s
+            with anyio.move_on_after(0.2):
+                await rm.execute_with_all_protections("op", hang)
+        elif stage == "probe":
+            with pytest.raises(Boom):  # trips the breaker (retries: Boom then CircuitOpen)
+                await rm.execute_with_all_protections("op", fail)
+            await anyio.sleep(6)  # past reset_timeout and refilled bucket
+            with anyio.move_on_after(0.5):
+                await rm.execute_with_all_protections("op", hang)
+            assert breaker.state is BreakerState.HALF_OPEN
+        else:
+            with anyio.move_on_after(0.5):
+                await rm.execute_with_all_protections("op", hang)
+    assert bulkhead.statistics().available == 1
+    assert bulkhead.statistics().queued == 0
+    assert breaker.inflight == 0
+    assert limiter.statistics().waiting == 0
+    await anyio.sleep(2)
+    assert breaker.state in (BreakerState.CLOSED, BreakerState.HALF_OPEN)
+    assert rm.statistics("op").cancelled >= 1
+
+
+# --- concurrency --------------------------------------------------------------------------------
+
+
+async def test_concurrent_registration_and_execution(anyio_backend: Any) -> None:
+    """1000 tasks execute while registrations swap stacks; counts equal the oracle."""
+    rm = ResilienceManager("m")
+    rng = random.Random(5)
+    outcomes = {"ok": 0, "rejected": 0}
+
+    async def op(ctx: OperationContext) -> int:
+        await anyio.lowlevel.checkpoint()
+        return 1
+
+    async def worker(i: int) -> None:
+        operation = f"op{i % 7}"
+        if i % 50 == 0:
+            rm.register_bulkhead(operation, 1000, 0)
+            rm.register_circuit_breaker(operation, timeout=None)
+        try:
+            await rm.execute_with_all_protections(operation, op)
+            outcomes["ok"] += 1
+        except (BulkheadFull, CircuitOpen):
+            outcomes["rejected"] += 1
+        if rng.random() < 0.1:
+            rm.register_rate_limiter(operation, 1e9, 1000)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        async with anyio.create_task_group() as tg:
+            for i in range(1000):
+                tg.start_soon(worker, i)
+    assert outcomes == {"ok": 1000, "rejected": 0}
+    snapshot = rm.get_all_metrics()
+    assert sum(s.calls for s in snapshot.operations.values()) == 1000
+    assert sum(s.successes for s in snapshot.operations.values()) == 1000
+
+
+# --- the pipeline check -------------------------------------------------------------------------
+
+
+def test_attempt_timeout_beyond_deadline_warns_and_strict_refuses() -> None:
+    rm = ResilienceManager("m")
+    rm.register_deadline("op", 5.0)
+    rm.register_timeout("op", 10.0)
+    with pytest.warns(PipelineWarning, match="no retry can ever run"):
+        rm.register_retry_policy("op", 2)
+    strict = ResilienceManager("s", strict=True)
+    strict.register_deadline("op", 5.0)
+    strict.register_timeout("op", 10.0)
+    with pytest.raises(PipelineConfigError):
+        strict.register_retry_policy("op", 2)
+    assert strict.components("op").get("retry") is None  # refused: nothing half-registered
+
+
+def test_retry_amplification_warns() -> None:
+    rm = ResilienceManager("m", max_attempts=5)
+    with pytest.warns(PipelineWarning, match="6 attempts"):
+        rm.register_retry_policy("op", 5)
+
+
+def test_short_breaker_window_warns() -> None:
+    rm = ResilienceManager("m")
+    rm.register_timeout("op", 5.0)
+    with pytest.warns(PipelineWarning, match="window"):
+        rm.register_circuit_breaker(
+            "op", timeout=None, window=TimeWindow(8.0), failure_rate_threshold=0.5
+        )
+
+
+def test_report_gives_worst_case_attempts_and_latency() -> None:
+    rm = ResilienceManager("m")
+    rm.register_bulkhead("op", 10, max_queue=5, max_wait=2.0)
+    rm.register_retry_policy("op", 3, 0.1, 1.0, 2.0, True)
+    rm.register_timeout("op", 0.5)
+    report = rm.describe("op")
+    assert report.worst_case_attempts == 4
+    assert report.worst_case_latency == pytest.approx(2.0 + 4 * 0.5 + 3 * 1.0)
+    assert report.problems == ()
+    rm.register_deadline("op", 3.0)
+    assert rm.describe("op").worst_case_latency == 3.0
+    assert rm.describe("op").layers[0] == "deadline"
+    assert rm.describe("unknown").worst_case_latency == math.inf
+
+
+def test_register_refuses_unknown_objects_and_bad_names() -> None:
+    rm = ResilienceManager("m")
+    with pytest.raises(TypeError):
+        rm.register("op", object())
+    with pytest.raises(ValueError):
+        rm.register_timeout("", 1.0)
+    with pytest.raises(ValueError):
+        ResilienceManager("")
+    with pytest.raises(ValueError):
+        rm.register_deadline("op", -1)
+
+
+# --- snapshot and lifetime ----------------------------------------------------------------------
+
+
+async def test_snapshot_is_frozen_and_complete(anyio_backend: Any) -> None:
+    rm = ResilienceManager("m")
+    rm.register_circuit_breaker("op", timeout=None)
+    rm.register_error_budget("op", 0.99)
+
+    async def op(ctx: OperationContext) -> None:
+        return None
+
+    await rm.execute_with_all_protections("op", op)
+    snapshot = rm.get_all_metrics()
+    assert isinstance(snapshot, ResilienceSnapshot)
+    assert set(snapshot.operations["op"].policies) == {"circuit_breaker", "error_budget"}
+    with pytest.raises(TypeError):
+        snapshot.operations["x"] = snapshot.operations["op"]  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        snapshot.name = "other"  # type: ignore[misc]
+
+
+@pytest.mark.virtual_time
+async def test_async_with_runs_health_monitoring(anyio_backend: Any) -> None:
+    rm = ResilienceManager("m", health_interval=1.0, health_timeout=0.5)
+    pings = 0
+
+    async def ping() -> bool:
+        nonlocal pings
+        pings += 1
+        return True
+
+    rm.register_health_check(PingCheck("ping", ping))
+    async with rm:
+        await anyio.sleep(3.5)
+        assert rm.is_healthy()
+    assert pings == 4
+    await anyio.sleep(5)
+    assert pings == 4  # stopped with the context
+    async with rm:  # and restartable
+        await anyio.sleep(0.1)
+    assert pings == 5
