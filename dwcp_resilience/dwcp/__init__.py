@@ -1,0 +1,94 @@
+"""The DWCP example, for real: a framed protocol over TCP, peers with mailboxes, a client
+connection, and a chaos proxy that injects network faults.
+
+- :mod:`.protocol`: frames (32-byte header, bounded payload), payload codecs, :class:`FrameDecoder`;
+- :mod:`.errors`: ``ProtocolError`` (malformed bytes), ``TransportError`` (the socket failed),
+  ``PeerError`` (the peer answered ERROR), and :func:`is_retryable`;
+- :mod:`.transport`: :class:`DWCPConnection`, one request/response per operation, pipelined;
+- :mod:`.mailbox`: the peer's pure core (bounded mailboxes, de-duplication, delivery leases);
+- :mod:`.peer`: :class:`DWCPPeer`, a TCP server on loopback;
+- :mod:`.proxy`: :class:`ChaosProxy`; :mod:`.faults`: the faults it injects and its schedules.
+"""
+
+from .errors import (
+    BadMagic,
+    BadPayload,
+    ConnectFailed,
+    ConnectionClosed,
+    ConnectionLost,
+    ConnectionReset,
+    ConnectTimeout,
+    DWCPError,
+    ErrorCode,
+    FrameTooLarge,
+    IncompleteFrame,
+    PeerError,
+    ProtocolError,
+    TransportError,
+    UnexpectedFrame,
+    UnknownType,
+    UnsupportedVersion,
+    is_retryable,
+)
+from .faults import Bandwidth, Drop, Fault, Latency, ResetPeer, Slicer, Stall
+from .mailbox import Mailboxes, StoredMessage, StoreResult
+from .peer import DWCPPeer, PeerStatistics
+from .protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    HEADER_SIZE,
+    Delivery,
+    Frame,
+    FrameDecoder,
+    MessageType,
+    PeerInfo,
+    encode_frame,
+    new_message_id,
+)
+from .proxy import ChaosProxy, ProxyStatistics
+from .transport import ConnectionStatistics, DWCPConnection
+
+__all__ = (
+    "BadMagic",
+    "BadPayload",
+    "Bandwidth",
+    "ChaosProxy",
+    "ConnectFailed",
+    "ConnectTimeout",
+    "ConnectionClosed",
+    "ConnectionLost",
+    "ConnectionReset",
+    "ConnectionStatistics",
+    "DEFAULT_MAX_PAYLOAD",
+    "DWCPConnection",
+    "DWCPError",
+    "DWCPPeer",
+    "Delivery",
+    "Drop",
+    "ErrorCode",
+    "Fault",
+    "Frame",
+    "FrameDecoder",
+    "FrameTooLarge",
+    "HEADER_SIZE",
+    "IncompleteFrame",
+    "Latency",
+    "Mailboxes",
+    "MessageType",
+    "PeerError",
+    "PeerInfo",
+    "PeerStatistics",
+    "ProtocolError",
+    "ProxyStatistics",
+    "ResetPeer",
+    "Slicer",
+    "Stall",
+    "StoreResult",
+    "StoredMessage",
+    "TransportError",
+    "UnexpectedFrame",
+    "UnknownType",
+    "UnsupportedVersion",
+    "encode_frame",
+    "is_retryable",
+    "new_message_id",
+)

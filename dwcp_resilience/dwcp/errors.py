@@ -1,0 +1,194 @@
+"""The errors of the DWCP example: malformed bytes, broken connections, and answers from the peer.
+
+Three kinds, kept apart so a breaker or a retry can classify them::
+
+    ResilienceError
+    └── DWCPError                         root of the DWCP example's own errors
+        ├── ProtocolError                 malformed bytes on the wire; that connection is unusable
+        │   ├── BadMagic                  the frame does not start with b"DWCP" (garbage, HTTP, TLS)
+        │   ├── UnsupportedVersion        a header version we do not speak
+        │   ├── UnknownType               a message type we do not know
+        │   ├── FrameTooLarge             a declared payload over the maximum (e.g. a 2**63 prefix)
+        │   ├── IncompleteFrame           end of stream in the middle of a frame
+        │   ├── BadPayload                a well-framed payload that does not parse
+        │   └── UnexpectedFrame           a frame that makes no sense here (a reply to nothing, ...)
+        ├── TransportError                (also ConnectionError, so OSError) the socket failed
+        │   ├── ConnectFailed             could not connect (refused, unreachable)
+        │   │   └── ConnectTimeout        (also TimeoutError) the connect timeout fired
+        │   └── ConnectionLost            an established connection broke
+        │       ├── ConnectionReset       RST / broken pipe
+        │       └── ConnectionClosed      end of stream at a frame boundary, or closed locally
+        └── PeerError                     the peer answered with an ERROR frame (``code``, ``detail``)
+
+:func:`is_retryable` says which of them a retry may resend: every ``TransportError`` and
+``ProtocolError`` (the connection is dropped, the request never got a valid answer, and DWCP requests
+are idempotent by message id), and a ``PeerError`` whose code is transient (mailbox full, busy).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from ..core.errors import ResilienceError
+
+__all__ = (
+    "BadMagic",
+    "BadPayload",
+    "ConnectFailed",
+    "ConnectTimeout",
+    "ConnectionClosed",
+    "ConnectionLost",
+    "ConnectionReset",
+    "DWCPError",
+    "ErrorCode",
+    "FrameTooLarge",
+    "IncompleteFrame",
+    "PeerError",
+    "ProtocolError",
+    "TransportError",
+    "UnexpectedFrame",
+    "UnknownType",
+    "UnsupportedVersion",
+    "is_retryable",
+)
+
+
+class ErrorCode(IntEnum):
+    """The code carried by an ERROR frame (u16 on the wire)."""
+
+    BAD_FRAME = 1
+    UNSUPPORTED_VERSION = 2
+    UNKNOWN_TYPE = 3
+    FRAME_TOO_LARGE = 4
+    INCOMPLETE_FRAME = 5
+    BAD_PAYLOAD = 6
+    UNEXPECTED_FRAME = 7
+    MAILBOX_FULL = 8
+    BUSY = 9
+    INTERNAL = 10
+
+
+_TRANSIENT_CODES = frozenset({ErrorCode.MAILBOX_FULL, ErrorCode.BUSY, ErrorCode.INTERNAL})
+
+
+class DWCPError(ResilienceError):
+    """Root of the DWCP example's errors."""
+
+
+class ProtocolError(DWCPError):
+    """Bytes on the wire that are not a valid DWCP frame; the connection carrying them is unusable.
+
+    ``message_id`` is the id of the offending frame when its header could be read (so the peer can
+    address its ERROR answer), else ``None``.
+    """
+
+    code: ErrorCode = ErrorCode.BAD_FRAME
+
+    def __init__(self, detail: str, *, message_id: bytes | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.message_id = message_id
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+class BadMagic(ProtocolError):
+    """The stream does not start a frame with the magic bytes: garbage, HTTP, a TLS alert."""
+
+    code = ErrorCode.BAD_FRAME
+
+
+class UnsupportedVersion(ProtocolError):
+    """The header names a protocol version this side does not speak."""
+
+    code = ErrorCode.UNSUPPORTED_VERSION
+
+
+class UnknownType(ProtocolError):
+    """The header names a message type this side does not know."""
+
+    code = ErrorCode.UNKNOWN_TYPE
+
+
+class FrameTooLarge(ProtocolError):
+    """The declared payload length is over the maximum (checked at the header, before any body)."""
+
+    code = ErrorCode.FRAME_TOO_LARGE
+
+
+class IncompleteFrame(ProtocolError):
+    """The stream ended in the middle of a frame (not a short read, not a hang)."""
+
+    code = ErrorCode.INCOMPLETE_FRAME
+
+
+class BadPayload(ProtocolError):
+    """A well-framed payload that does not parse for its message type."""
+
+    code = ErrorCode.BAD_PAYLOAD
+
+
+class UnexpectedFrame(ProtocolError):
+    """A valid frame that makes no sense where it arrived (a reply sent to a peer, a wrong reply)."""
+
+    code = ErrorCode.UNEXPECTED_FRAME
+
+
+class TransportError(DWCPError, ConnectionError):
+    """The socket under a DWCP connection failed (also a ``ConnectionError``, so an ``OSError``)."""
+
+
+class ConnectFailed(TransportError):
+    """The TCP connection could not be established (refused, unreachable)."""
+
+
+class ConnectTimeout(ConnectFailed, TimeoutError):
+    """The connect timeout fired before the TCP connection was established."""
+
+
+class ConnectionLost(TransportError):
+    """An established connection broke; requests in flight on it got no answer."""
+
+
+class ConnectionReset(ConnectionLost):
+    """The connection was reset (RST, broken pipe)."""
+
+
+class ConnectionClosed(ConnectionLost):
+    """The stream ended at a frame boundary, or the connection was closed on this side."""
+
+
+class PeerError(DWCPError):
+    """The peer answered a request with an ERROR frame.
+
+    Args:
+        code: the :class:`ErrorCode` (or an unknown int code from a newer peer).
+        detail: the peer's message.
+    """
+
+    def __init__(self, code: int, detail: str = "") -> None:
+        super().__init__(code, detail)
+        self.code = code
+        self.detail = detail
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same request may succeed later (mailbox full, peer busy)."""
+        return self.code in _TRANSIENT_CODES
+
+    def __str__(self) -> str:
+        try:
+            name = ErrorCode(self.code).name
+        except ValueError:
+            name = str(self.code)
+        return f"peer error {name}: {self.detail}" if self.detail else f"peer error {name}"
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a failed DWCP request may be sent again (on a new connection where needed)."""
+    if isinstance(exc, TransportError | ProtocolError):
+        return True
+    if isinstance(exc, PeerError):
+        return exc.retryable
+    return False

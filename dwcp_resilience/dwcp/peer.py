@@ -1,0 +1,421 @@
+"""``DWCPPeer``: a DWCP node serving mailboxes, discovery and pings over TCP on loopback.
+
+One task per connection reads frames, answers each from the pure :class:`Mailboxes` core (no
+``await`` between reading and writing state), and writes the answers of one read in one send. Each
+connection costs at most one read buffer plus one frame (``max_payload``), and there are at most
+``max_connections`` of them; a connection over the limit gets ``ERROR BUSY`` and is closed.
+
+A misbehaving connection (garbage, a 2**63 length prefix, a partial frame then EOF, an unknown type, a
+frame over the maximum, a reply type sent as a request, a half-closed socket mid-frame) gets an ERROR
+frame addressed to the offending request where its header could be read, and is closed; its leases
+are released, so the messages it was handed out wait again. Every other connection is unaffected.
+
+Lifetime: ``async with DWCPPeer("a") as peer:`` (then ``peer.port``), or ``await tg.start(peer.serve)``
+inside your own task group, or ``await peer.start()`` / ``await peer.aclose()`` from the same task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import count
+from types import TracebackType
+
+import anyio
+import anyio.abc
+from anyio.abc import SocketAttribute
+
+from ..core.clock import loop_time
+from ..core.validate import check_int, check_name, check_number
+from .errors import ErrorCode, ProtocolError, UnexpectedFrame
+from .mailbox import Mailboxes, StoreResult
+from .protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    FLAG_DUPLICATE,
+    FLAG_EMPTY,
+    FLAG_REDELIVERED,
+    Frame,
+    FrameDecoder,
+    MessageType,
+    PeerInfo,
+    decode_deliver_ack,
+    decode_hello,
+    decode_receive,
+    decode_send,
+    encode_deliver,
+    encode_error,
+    encode_frame,
+    encode_hello,
+    encode_peers,
+)
+
+__all__ = ("DWCPPeer", "PeerStatistics")
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 65536
+_NO_ID = bytes(16)
+_ERROR_SEND_TIMEOUT = 1.0
+M = MessageType
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatistics:
+    """A snapshot of a peer's counters (``messages_*`` and ``*_held`` count mailbox messages)."""
+
+    node_id: str
+    connections_active: int
+    connections_total: int
+    connections_rejected: int
+    frames_received: int
+    frames_sent: int
+    bytes_received: int
+    bytes_sent: int
+    messages_stored: int
+    messages_delivered: int
+    deliveries: int
+    redeliveries: int
+    duplicates: int
+    mailbox_full: int
+    messages_held: int
+    leases: int
+    protocol_errors: int
+    connection_errors: int
+    buffered_bytes: int
+    known_peers: int
+
+
+class _Conn:
+    """One connection's state, for the watchdog: which scope to cancel, and since when it waits."""
+
+    __slots__ = ("decoder", "scope", "sending", "since", "timed_out")
+
+    def __init__(self, decoder: FrameDecoder, now: float) -> None:
+        self.decoder = decoder
+        self.scope = anyio.CancelScope()
+        self.since = now
+        self.sending = False
+        self.timed_out = False
+
+
+def _seed(value: str | PeerInfo) -> PeerInfo:
+    if isinstance(value, PeerInfo):
+        return value
+    if isinstance(value, str) and value:
+        return PeerInfo("", value)
+    raise TypeError(f"seeds must be 'host:port' strings or PeerInfo, got {value!r}")
+
+
+class DWCPPeer:
+    """A DWCP peer: ``DWCPPeer(node_id, *, host="127.0.0.1", port=0, seeds=())``.
+
+    Args:
+        node_id: this peer's name, sent in HELLO.
+        host, port: where to listen (``port=0``: a free port; read ``peer.port`` after start).
+        seeds: peers known from the start (``"host:port"`` or :class:`PeerInfo`), answered to DISCOVER.
+        mailbox_capacity: messages held per node; a SEND over it gets ``ERROR MAILBOX_FULL``.
+        max_nodes, dedup_window, lease_timeout: see :class:`Mailboxes`.
+        max_payload: the largest frame payload accepted.
+        max_connections: open connections at once; more get ``ERROR BUSY`` and are closed.
+        idle_timeout: close a connection that sends nothing for this long (``None``: never).
+        send_timeout: close a connection that does not read its answers for this long.
+        max_known_peers: how many peers that said HELLO are remembered (oldest forgotten first).
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seeds: Iterable[str | PeerInfo] = (),
+        mailbox_capacity: int = 10_000,
+        max_nodes: int = 10_000,
+        dedup_window: int = 100_000,
+        lease_timeout: float = 30.0,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        max_connections: int = 1024,
+        idle_timeout: float | None = None,
+        send_timeout: float = 10.0,
+        max_known_peers: int = 1024,
+    ) -> None:
+        self.node_id = check_name(node_id, "node_id")
+        self.host = check_name(host, "host")
+        self._requested_port = check_int(port, "port", min_value=0, max_value=65535)
+        self.seeds = tuple(_seed(s) for s in seeds)
+        self._mail = Mailboxes(
+            capacity=mailbox_capacity,
+            max_nodes=max_nodes,
+            dedup_window=dedup_window,
+            lease_timeout=lease_timeout,
+        )
+        self._max_payload = check_int(max_payload, "max_payload", min_value=0)
+        self._max_connections = check_int(max_connections, "max_connections", min_value=1)
+        self._idle_timeout = (
+            None
+            if idle_timeout is None
+            else check_number(idle_timeout, "idle_timeout", min_value=0, allow_zero=False)
+        )
+        self._send_timeout = check_number(
+            send_timeout, "send_timeout", min_value=0, allow_zero=False
+        )
+        self._max_known = check_int(max_known_peers, "max_known_peers", min_value=0)
+        self._known: OrderedDict[str, str] = OrderedDict()
+        self._conns: dict[int, _Conn] = {}
+        self._ids = count(1)
+        self._port: int | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._total = self._rejected = self._protocol_errors = self._connection_errors = 0
+        self._frames_in = self._frames_out = self._bytes_in = self._bytes_out = 0
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (``RuntimeError`` before it started)."""
+        if self._port is None:
+            raise RuntimeError(f"peer {self.node_id!r} is not serving")
+        return self._port
+
+    @property
+    def address(self) -> str:
+        """``host:port`` it serves on (empty before start)."""
+        return "" if self._port is None else f"{self.host}:{self._port}"
+
+    @property
+    def mailboxes(self) -> Mailboxes:
+        """The pure mailbox core (read it; change it only through the protocol)."""
+        return self._mail
+
+    def known_peers(self) -> tuple[PeerInfo, ...]:
+        """What DISCOVER answers: the seeds, then the peers that said HELLO (newest last)."""
+        seen = {p.address for p in self.seeds}
+        learned = tuple(
+            PeerInfo(n, a) for n, a in self._known.items() if a not in seen and n != self.node_id
+        )
+        return self.seeds + learned
+
+    def statistics(self) -> PeerStatistics:
+        """A snapshot of the counters."""
+        mail = self._mail
+        return PeerStatistics(
+            self.node_id,
+            len(self._conns),
+            self._total,
+            self._rejected,
+            self._frames_in,
+            self._frames_out,
+            self._bytes_in,
+            self._bytes_out,
+            mail.stored,
+            mail.delivered,
+            mail.deliveries,
+            mail.redeliveries,
+            mail.duplicates,
+            mail.rejected_full,
+            len(mail),
+            mail.leases,
+            self._protocol_errors,
+            self._connection_errors,
+            sum(c.decoder.buffered for c in self._conns.values()),
+            len(self._known),
+        )
+
+    def __repr__(self) -> str:
+        where = self.address or "not serving"
+        return (
+            f"<DWCPPeer {self.node_id!r} {where} connections={len(self._conns)} "
+            f"held={len(self._mail)} protocol_errors={self._protocol_errors}>"
+        )
+
+    # -- lifetime ------------------------------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen and serve until cancelled; ``task_status.started(port)`` once listening."""
+        listener = await anyio.create_tcp_listener(
+            local_host=self.host, local_port=self._requested_port
+        )
+        async with listener, anyio.create_task_group() as tg:
+            self._port = listener.extra(SocketAttribute.local_port)
+            tg.start_soon(self._watchdog)
+            task_status.started(self._port)
+            try:
+                await listener.serve(self._handle, task_group=tg)
+            finally:
+                self._port = None
+
+    async def _watchdog(self) -> None:
+        """One task closes the connections that sat too long in a read or a send."""
+        idle, send = self._idle_timeout, self._send_timeout
+        period = min(1.0, max(0.01, min(send, idle or send) / 4))
+        conns = self._conns
+        while True:
+            await anyio.sleep(period)
+            now = loop_time()
+            for conn in conns.values():
+                limit = send if conn.sending else idle
+                if limit is not None and now - conn.since > limit:
+                    conn.timed_out = True
+                    conn.scope.cancel()
+
+    async def start(self) -> None:
+        """Start serving in the background; call :meth:`aclose` from the same task."""
+        if self._tg is not None:
+            raise RuntimeError(f"peer {self.node_id!r} is already serving")
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        try:
+            await tg.start(self.serve)
+        except BaseException as exc:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._tg = tg
+
+    async def aclose(self) -> None:
+        """Stop listening and close every connection (idempotent)."""
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+
+    async def __aenter__(self) -> DWCPPeer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- connections ---------------------------------------------------------------------------------
+
+    async def _handle(self, stream: anyio.abc.SocketStream) -> None:
+        cid = next(self._ids)
+        if len(self._conns) >= self._max_connections:
+            self._rejected += 1
+            await self._send_error(stream, _NO_ID, ErrorCode.BUSY, "too many connections")
+            await anyio.aclose_forcefully(stream)
+            return
+        self._total += 1
+        conn = self._conns[cid] = _Conn(FrameDecoder(self._max_payload), loop_time())
+        try:
+            with conn.scope:
+                await self._serve_connection(cid, stream, conn)
+            if conn.timed_out:
+                self._connection_errors += 1  # idle or send timeout
+        except ProtocolError as exc:
+            self._protocol_errors += 1
+            await self._send_error(stream, exc.message_id or _NO_ID, exc.code, str(exc))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            self._connection_errors += 1  # reset, broken pipe
+        except Exception:  # never let one connection take the server down
+            log.exception("peer %r: connection %d failed", self.node_id, cid)
+            self._connection_errors += 1
+        finally:
+            del self._conns[cid]
+            self._mail.release(cid)
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(stream)
+
+    async def _serve_connection(
+        self, cid: int, stream: anyio.abc.SocketStream, conn: _Conn
+    ) -> None:
+        decoder = conn.decoder
+        idle = self._idle_timeout is not None
+        while True:
+            if idle:
+                conn.since = loop_time()
+            try:
+                data = await stream.receive(_READ_SIZE)
+            except anyio.EndOfStream:
+                decoder.eof()  # IncompleteFrame if the stream ended inside a frame
+                return
+            self._bytes_in += len(data)
+            decoder.feed(data)
+            replies: list[bytes] = []
+            error: ProtocolError | None = None
+            try:
+                while (frame := decoder.next_frame()) is not None:
+                    self._frames_in += 1
+                    replies.append(self._answer(cid, frame))
+            except ProtocolError as exc:
+                error = exc  # answer the good frames before it first
+            if replies:
+                out = b"".join(replies)
+                conn.since = loop_time()
+                conn.sending = True
+                await stream.send(out)
+                conn.sending = False
+                self._frames_out += len(replies)
+                self._bytes_out += len(out)
+            if error is not None:
+                raise error
+
+    async def _send_error(
+        self, stream: anyio.abc.SocketStream, message_id: bytes, code: ErrorCode, detail: str
+    ) -> None:
+        frame = encode_frame(M.ERROR, message_id, encode_error(code, detail))
+        with anyio.move_on_after(_ERROR_SEND_TIMEOUT):
+            try:
+                await stream.send(frame)
+                await stream.send_eof()
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                return
+            self._frames_out += 1
+            self._bytes_out += len(frame)
+
+    # -- the answers (pure: no await) ----------------------------------------------------------------
+
+    def _answer(self, cid: int, frame: Frame) -> bytes:
+        try:
+            return self._answer_frame(cid, frame)
+        except ProtocolError as exc:
+            if exc.message_id is None:
+                exc.message_id = frame.message_id
+            raise
+
+    def _answer_frame(self, cid: int, frame: Frame) -> bytes:
+        kind, mid, payload = frame.type, frame.message_id, frame.payload
+        if kind is M.SEND:
+            recipient, sender, body = decode_send(payload)
+            if len(payload) - len(recipient.encode()) + 14 > self._max_payload:
+                detail = "message too large to deliver under max_payload"
+                return encode_frame(M.ERROR, mid, encode_error(ErrorCode.FRAME_TOO_LARGE, detail))
+            result = self._mail.store(recipient, mid, sender, body)
+            if result is StoreResult.FULL:
+                detail = f"mailbox of {recipient!r} is full"
+                return encode_frame(M.ERROR, mid, encode_error(ErrorCode.MAILBOX_FULL, detail))
+            flags = FLAG_DUPLICATE if result is StoreResult.DUPLICATE else 0
+            return encode_frame(M.ACK, mid, b"", flags)
+        if kind is M.RECEIVE:
+            message = self._mail.take(decode_receive(payload), cid, loop_time())
+            if message is None:
+                return encode_frame(M.DELIVER, mid, b"", FLAG_EMPTY)
+            body = encode_deliver(message.message_id, message.sender, message.body)
+            flags = FLAG_REDELIVERED if message.deliveries > 1 else 0
+            return encode_frame(M.DELIVER, mid, body, flags, max_payload=1 << 62)
+        if kind is M.DELIVER_ACK:
+            node, message_id = decode_deliver_ack(payload)
+            self._mail.ack(node, message_id)
+            return encode_frame(M.ACK, mid)
+        if kind is M.PING:
+            return encode_frame(M.PONG, mid, payload, max_payload=1 << 62)
+        if kind is M.HELLO:
+            info = decode_hello(payload)
+            if info.node_id and info.address and self._max_known:
+                self._known[info.node_id] = info.address
+                self._known.move_to_end(info.node_id)
+                if len(self._known) > self._max_known:
+                    self._known.popitem(last=False)
+            return encode_frame(M.HELLO, mid, encode_hello(self.node_id, self.address))
+        if kind is M.DISCOVER:
+            return encode_frame(M.PEERS, mid, encode_peers(self.known_peers()), max_payload=1 << 62)
+        raise UnexpectedFrame(f"{kind.name} is a reply, not a request", message_id=mid)

@@ -1,0 +1,409 @@
+"""DWCP frames: a fixed 32-byte header, a payload of bounded size, and an incremental decoder.
+
+Header (big-endian, :data:`HEADER_SIZE` = 32 bytes)::
+
+    offset  size  field
+    0       4     magic         b"DWCP"
+    4       1     version       1
+    5       1     type          a MessageType
+    6       2     flags         FLAG_* bits (unknown bits are ignored)
+    8       16    message id    correlation id: a reply carries the id of its request
+    24      8     length        payload length in bytes, at most the receiver's ``max_payload``
+
+The message id of a SEND is also the message's idempotency key: a retried send reuses it, and the
+peer stores it once. Every other request takes a fresh random id.
+
+Payloads (``str`` fields are a u8 length then UTF-8, so at most 255 bytes)::
+
+    HELLO        node_id: str, address: str        (the answer is a HELLO with the peer's own)
+    SEND         recipient: str, sender: str, body  -> ACK (FLAG_DUPLICATE if already stored)
+    RECEIVE      node_id: str                      -> DELIVER
+    DELIVER      message_id: 16 bytes, sender: str, body; FLAG_EMPTY and no payload if none waits,
+                 FLAG_REDELIVERED if it was handed out before without an acknowledgement
+    DELIVER_ACK  node_id: str, message_id: 16 bytes -> ACK
+    DISCOVER     (empty)                           -> PEERS: u16 count, then node_id: str, address: str
+    PING         any bytes                         -> PONG with the same bytes
+    ERROR        code: u16, detail: UTF-8 rest     (the answer to a request that failed)
+
+Everything here is pure: :func:`encode_frame` and :class:`FrameDecoder` do no I/O. The decoder takes
+bytes in slices of any size (down to one byte) and checks each header as soon as it has it, so a
+garbage stream or a 2**63 length prefix fails at once, without waiting for or allocating a body.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from os import urandom as _urandom
+from typing import NamedTuple
+
+from .errors import (
+    BadMagic,
+    BadPayload,
+    FrameTooLarge,
+    IncompleteFrame,
+    UnknownType,
+    UnsupportedVersion,
+)
+
+__all__ = (
+    "DEFAULT_MAX_PAYLOAD",
+    "Delivery",
+    "FLAG_DUPLICATE",
+    "FLAG_EMPTY",
+    "FLAG_REDELIVERED",
+    "Frame",
+    "FrameDecoder",
+    "HEADER_SIZE",
+    "MAGIC",
+    "MessageType",
+    "PeerInfo",
+    "VERSION",
+    "decode_deliver",
+    "decode_deliver_ack",
+    "decode_error",
+    "decode_hello",
+    "decode_peers",
+    "decode_receive",
+    "decode_send",
+    "encode_deliver",
+    "encode_deliver_ack",
+    "encode_error",
+    "encode_frame",
+    "encode_hello",
+    "encode_peers",
+    "encode_receive",
+    "encode_send",
+    "new_message_id",
+)
+
+MAGIC = b"DWCP"
+VERSION = 1
+HEADER_SIZE = 32
+DEFAULT_MAX_PAYLOAD = 1 << 20
+"""1 MiB: the default maximum payload of a frame."""
+
+FLAG_DUPLICATE = 0x1
+"""On an ACK of a SEND: the message id was already known, nothing new was stored."""
+FLAG_EMPTY = 0x2
+"""On a DELIVER: no message is waiting; the payload is empty."""
+FLAG_REDELIVERED = 0x4
+"""On a DELIVER: this message was handed out before and not acknowledged."""
+
+_HEADER = struct.Struct(">4sBBH16sQ")
+_MAGIC_LEN = len(MAGIC)
+_ID_SIZE = 16
+_MAX_STR = 255
+
+
+class MessageType(IntEnum):
+    """The type byte of a frame."""
+
+    HELLO = 1
+    SEND = 2
+    ACK = 3
+    RECEIVE = 4
+    DELIVER = 5
+    DELIVER_ACK = 6
+    DISCOVER = 7
+    PEERS = 8
+    PING = 9
+    PONG = 10
+    ERROR = 11
+
+
+_TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
+
+
+class Frame(NamedTuple):
+    """One decoded frame."""
+
+    type: MessageType
+    message_id: bytes
+    payload: bytes = b""
+    flags: int = 0
+
+
+class PeerInfo(NamedTuple):
+    """A peer as HELLO and PEERS carry it; ``node_id`` is empty for a seed known only by address."""
+
+    node_id: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message handed out by RECEIVE; acknowledge it with its ``message_id``."""
+
+    message_id: bytes
+    sender: str
+    body: bytes
+    redelivered: bool = False
+
+
+def new_message_id() -> bytes:
+    """A fresh random 16-byte message id."""
+    return _urandom(_ID_SIZE)
+
+
+def encode_frame(
+    type: MessageType,
+    message_id: bytes,
+    payload: bytes = b"",
+    flags: int = 0,
+    *,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+) -> bytes:
+    """The bytes of one frame. ``ValueError`` for a bad id, flags or a payload over ``max_payload``."""
+    if len(message_id) != _ID_SIZE:
+        raise ValueError(f"message_id must be {_ID_SIZE} bytes, got {len(message_id)}")
+    if len(payload) > max_payload:
+        raise ValueError(f"payload of {len(payload)} bytes is over max_payload={max_payload}")
+    if not 0 <= flags <= 0xFFFF:
+        raise ValueError(f"flags must fit in 16 bits, got {flags}")
+    return _HEADER.pack(MAGIC, VERSION, type, flags, message_id, len(payload)) + payload
+
+
+class FrameDecoder:
+    """Turns a byte stream, fed in slices of any size, into frames.
+
+    ``feed(data)`` buffers; ``next_frame()`` returns the next complete frame, ``None`` when more bytes
+    are needed, or raises a :class:`ProtocolError` subclass at the first malformed frame (the frames
+    before it come out first). ``eof()`` raises :class:`IncompleteFrame` if the stream ended mid-frame.
+    The buffer holds at most one frame's worth of bytes plus what was fed since the last frame that
+    came out, so a caller that drains ``next_frame()`` after each ``feed`` keeps memory bounded.
+    """
+
+    __slots__ = ("_buf", "_max_payload")
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        if isinstance(max_payload, bool) or not isinstance(max_payload, int):
+            raise TypeError(f"max_payload must be an int, got {type(max_payload).__name__}")
+        if max_payload < 0:
+            raise ValueError(f"max_payload must be >= 0, got {max_payload}")
+        self._buf = bytearray()
+        self._max_payload = max_payload
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that are not yet part of a returned frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes read from the stream."""
+        self._buf += data
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame, or ``None`` if more bytes are needed."""
+        buf = self._buf
+        size = len(buf)
+        if size < HEADER_SIZE:
+            if buf[:_MAGIC_LEN] != MAGIC[:size]:
+                raise BadMagic(f"bad magic {bytes(buf[:_MAGIC_LEN])!r}: not a DWCP stream")
+            return None
+        magic, version, type_, flags, message_id, length = _HEADER.unpack_from(buf)
+        if magic != MAGIC:
+            raise BadMagic(f"bad magic {magic!r}: not a DWCP stream")
+        if version != VERSION:
+            raise UnsupportedVersion(
+                f"unsupported protocol version {version}", message_id=message_id
+            )
+        kind = _TYPES.get(type_)
+        if kind is None:
+            raise UnknownType(f"unknown message type {type_}", message_id=message_id)
+        if length > self._max_payload:
+            raise FrameTooLarge(
+                f"declared payload of {length} bytes is over the maximum of {self._max_payload}",
+                message_id=message_id,
+            )
+        end = HEADER_SIZE + length
+        if size < end:
+            return None
+        payload = bytes(buf[HEADER_SIZE:end])
+        del buf[:end]
+        return Frame(kind, message_id, payload, flags)
+
+    def frames(self, data: bytes | bytearray | memoryview = b"") -> list[Frame]:
+        """Feed ``data`` and return every frame now complete (raises at the first malformed one)."""
+        if data:
+            self._buf += data
+        out: list[Frame] = []
+        while (frame := self.next_frame()) is not None:
+            out.append(frame)
+        return out
+
+    def eof(self) -> None:
+        """The stream ended: raise :class:`IncompleteFrame` if a frame was cut short."""
+        if self._buf:
+            got = len(self._buf)
+            raise IncompleteFrame(f"end of stream inside a frame ({got} bytes of it received)")
+
+    def __repr__(self) -> str:
+        return f"<FrameDecoder max_payload={self._max_payload} buffered={len(self._buf)}>"
+
+
+# -- payloads --------------------------------------------------------------------------------------
+
+
+def _put_str(out: bytearray, value: str, field: str) -> None:
+    raw = value.encode()
+    if len(raw) > _MAX_STR:
+        raise ValueError(f"{field} must be at most {_MAX_STR} bytes of UTF-8, got {len(raw)}")
+    out.append(len(raw))
+    out += raw
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> bytes:
+        end = self.pos + n
+        if end > len(self.data):
+            raise BadPayload(f"payload too short for {what}")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def string(self, what: str) -> str:
+        (n,) = self.take(1, what)
+        try:
+            return self.take(n, what).decode()
+        except UnicodeDecodeError:
+            raise BadPayload(f"{what} is not UTF-8") from None
+
+    def rest(self) -> bytes:
+        chunk = self.data[self.pos :]
+        self.pos = len(self.data)
+        return chunk
+
+    def done(self, what: str) -> None:
+        if self.pos != len(self.data):
+            raise BadPayload(f"{len(self.data) - self.pos} trailing bytes after {what}")
+
+
+def encode_hello(node_id: str, address: str = "") -> bytes:
+    """HELLO payload: who is speaking and where it serves (empty for a client)."""
+    out = bytearray()
+    _put_str(out, node_id, "node_id")
+    _put_str(out, address, "address")
+    return bytes(out)
+
+
+def decode_hello(payload: bytes) -> PeerInfo:
+    """Parse a HELLO payload."""
+    r = _Reader(payload)
+    info = PeerInfo(r.string("node_id"), r.string("address"))
+    r.done("HELLO")
+    return info
+
+
+def encode_send(recipient: str, sender: str, body: bytes) -> bytes:
+    """SEND payload."""
+    out = bytearray()
+    _put_str(out, recipient, "recipient")
+    _put_str(out, sender, "sender")
+    out += body
+    return bytes(out)
+
+
+def decode_send(payload: bytes) -> tuple[str, str, bytes]:
+    """Parse a SEND payload into (recipient, sender, body)."""
+    r = _Reader(payload)
+    recipient = r.string("recipient")
+    if not recipient:
+        raise BadPayload("SEND needs a recipient")
+    return recipient, r.string("sender"), r.rest()
+
+
+def encode_receive(node_id: str) -> bytes:
+    """RECEIVE payload: whose mailbox to read."""
+    out = bytearray()
+    _put_str(out, node_id, "node_id")
+    return bytes(out)
+
+
+def decode_receive(payload: bytes) -> str:
+    """Parse a RECEIVE payload."""
+    r = _Reader(payload)
+    node_id = r.string("node_id")
+    r.done("RECEIVE")
+    if not node_id:
+        raise BadPayload("RECEIVE needs a node id")
+    return node_id
+
+
+def encode_deliver(message_id: bytes, sender: str, body: bytes) -> bytes:
+    """DELIVER payload (the frame's own id is the RECEIVE's; the message's id is in here)."""
+    if len(message_id) != _ID_SIZE:
+        raise ValueError(f"message_id must be {_ID_SIZE} bytes, got {len(message_id)}")
+    out = bytearray(message_id)
+    _put_str(out, sender, "sender")
+    out += body
+    return bytes(out)
+
+
+def decode_deliver(payload: bytes, flags: int = 0) -> Delivery | None:
+    """Parse a DELIVER payload; ``None`` when ``flags`` says the mailbox was empty."""
+    if flags & FLAG_EMPTY:
+        return None
+    r = _Reader(payload)
+    message_id = r.take(_ID_SIZE, "message id")
+    sender = r.string("sender")
+    return Delivery(message_id, sender, r.rest(), bool(flags & FLAG_REDELIVERED))
+
+
+def encode_deliver_ack(node_id: str, message_id: bytes) -> bytes:
+    """DELIVER_ACK payload: the reader's node id and the delivered message's id."""
+    if len(message_id) != _ID_SIZE:
+        raise ValueError(f"message_id must be {_ID_SIZE} bytes, got {len(message_id)}")
+    out = bytearray()
+    _put_str(out, node_id, "node_id")
+    out += message_id
+    return bytes(out)
+
+
+def decode_deliver_ack(payload: bytes) -> tuple[str, bytes]:
+    """Parse a DELIVER_ACK payload into (node_id, message_id)."""
+    r = _Reader(payload)
+    node_id = r.string("node_id")
+    message_id = r.take(_ID_SIZE, "message id")
+    r.done("DELIVER_ACK")
+    return node_id, message_id
+
+
+def encode_peers(peers: tuple[PeerInfo, ...] | list[PeerInfo]) -> bytes:
+    """PEERS payload."""
+    if len(peers) > 0xFFFF:
+        raise ValueError(f"at most {0xFFFF} peers fit in one PEERS frame, got {len(peers)}")
+    out = bytearray(struct.pack(">H", len(peers)))
+    for node_id, address in peers:
+        _put_str(out, node_id, "node_id")
+        _put_str(out, address, "address")
+    return bytes(out)
+
+
+def decode_peers(payload: bytes) -> tuple[PeerInfo, ...]:
+    """Parse a PEERS payload."""
+    r = _Reader(payload)
+    (count,) = struct.unpack(">H", r.take(2, "peer count"))
+    peers = tuple(PeerInfo(r.string("node_id"), r.string("address")) for _ in range(count))
+    r.done("PEERS")
+    return peers
+
+
+def encode_error(code: int, detail: str = "") -> bytes:
+    """ERROR payload: a u16 code and a UTF-8 detail (cut to 1 KiB)."""
+    return struct.pack(">H", code) + detail.encode()[:1024]
+
+
+def decode_error(payload: bytes) -> tuple[int, str]:
+    """Parse an ERROR payload into (code, detail)."""
+    if len(payload) < 2:
+        raise BadPayload("ERROR payload too short for its code")
+    (code,) = struct.unpack_from(">H", payload)
+    return code, payload[2:].decode(errors="replace")

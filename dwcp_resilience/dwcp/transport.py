@@ -1,0 +1,369 @@
+"""``DWCPConnection``: one TCP connection to a DWCP peer, on anyio streams (asyncio, uvloop, trio).
+
+Each operation is one request and one reply, matched by message id, so many tasks can share one
+connection and pipeline their requests. There is no background reader task: a task waiting for its
+reply takes the read lock, reads one chunk, hands every complete frame to the request it answers, and
+lets the next waiter in (the pattern of httpcore's HTTP/2 connection). Cancelling a waiter (a timeout
+around a request) is safe: the decoder keeps any partial frame, and a reply that arrives after its
+request gave up is counted as stray and dropped.
+
+A broken connection fails every request in flight and every later one with a typed error, each call
+its own fresh instance:
+
+- :class:`~dwcp_resilience.dwcp.errors.ConnectionReset` on a reset or broken pipe;
+- :class:`~dwcp_resilience.dwcp.errors.ConnectionClosed` on end of stream at a frame boundary, or after
+  :meth:`DWCPConnection.aclose`;
+- a :class:`~dwcp_resilience.dwcp.errors.ProtocolError` (``IncompleteFrame`` for end of stream inside a
+  frame) on malformed bytes;
+- :class:`~dwcp_resilience.dwcp.errors.PeerError` when the peer answers ERROR (the connection stays
+  usable unless the ERROR was not addressed to a request).
+
+``connect`` raises :class:`~dwcp_resilience.dwcp.errors.ConnectFailed` or ``ConnectTimeout``. Deadlines
+for the requests themselves are the caller's (a ``Timeout`` policy, ``anyio.fail_after``): the total
+deadline is never reset by a trickle of bytes.
+
+How a resilient client uses it (tested through the chaos proxy in ``tests/test_dwcp_proxy.py``):
+send with a message id chosen once per message and resend with the same id after a timeout or an
+error that :func:`~dwcp_resilience.dwcp.errors.is_retryable` accepts (the peer stores it once); close a
+connection after a timeout on it (a stalled connection stays stalled, and closing it releases the
+peer's delivery leases) and reconnect when ``usable`` is false; acknowledge a delivery after handling
+it, and drop a delivery whose id was already handled (it is at-least-once).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import count
+from types import TracebackType
+from typing import TypeVar
+
+import anyio
+import anyio.abc
+
+from ..core.clock import loop_time
+from ..core.validate import check_int, check_number
+from .errors import (
+    ConnectFailed,
+    ConnectionClosed,
+    ConnectionReset,
+    ConnectTimeout,
+    PeerError,
+    ProtocolError,
+    UnexpectedFrame,
+)
+from .protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    FLAG_DUPLICATE,
+    Delivery,
+    Frame,
+    FrameDecoder,
+    MessageType,
+    PeerInfo,
+    decode_deliver,
+    decode_error,
+    decode_hello,
+    decode_peers,
+    encode_deliver_ack,
+    encode_frame,
+    encode_hello,
+    encode_receive,
+    encode_send,
+    new_message_id,
+)
+
+__all__ = ("ConnectionStatistics", "DWCPConnection")
+
+T = TypeVar("T")
+
+_READ_SIZE = 65536
+_NO_ID = bytes(16)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    """A snapshot of one connection's counters."""
+
+    requests: int
+    replies: int
+    stray_frames: int
+    bytes_sent: int
+    bytes_received: int
+    in_flight: int
+    usable: bool
+
+
+class DWCPConnection:
+    """A client connection to a DWCP peer. Build it with :meth:`connect`; close it with ``aclose``.
+
+    Use ``async with await DWCPConnection.connect(host, port) as conn:`` or keep it in a pool and
+    check :attr:`usable` before reuse. Every method is one request/response.
+    """
+
+    __slots__ = (
+        "_broken",
+        "_bytes_received",
+        "_bytes_sent",
+        "_decoder",
+        "_id_counter",
+        "_id_prefix",
+        "_max_payload",
+        "_read_lock",
+        "_replies",
+        "_replies_count",
+        "_requests",
+        "_send_lock",
+        "_stray",
+        "_stream",
+        "peer_address",
+    )
+
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        *,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        peer_address: str = "",
+    ) -> None:
+        self._stream = stream
+        self._max_payload = check_int(max_payload, "max_payload", min_value=0)
+        self._decoder = FrameDecoder(max_payload)
+        self._replies: dict[bytes, Frame | None] = {}
+        # Every path under these locks awaits the stream, which is a checkpoint: skip the lock's own.
+        self._send_lock = anyio.Lock(fast_acquire=True)
+        self._read_lock = anyio.Lock(fast_acquire=True)
+        self._id_prefix = new_message_id()[:8]
+        self._id_counter = count()
+        self._broken: Exception | None = None
+        self._requests = self._replies_count = self._stray = 0
+        self._bytes_sent = self._bytes_received = 0
+        self.peer_address = peer_address
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float = 5.0,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ) -> DWCPConnection:
+        """Open a TCP connection; ``ConnectTimeout`` after ``connect_timeout`` s (``inf``: none)."""
+        timeout = check_number(
+            connect_timeout, "connect_timeout", min_value=0, allow_zero=False, allow_inf=True
+        )
+        check_int(port, "port", min_value=1, max_value=65535)
+        try:
+            with anyio.fail_after(None if math.isinf(timeout) else timeout):
+                stream = await anyio.connect_tcp(host, port)
+        except TimeoutError as exc:
+            raise ConnectTimeout(f"connect to {host}:{port} timed out after {timeout:g}s") from exc
+        except OSError as exc:
+            raise ConnectFailed(f"connect to {host}:{port} failed: {exc}") from exc
+        return cls(stream, max_payload=max_payload, peer_address=f"{host}:{port}")
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        """False once the connection broke or was closed: drop it from any pool."""
+        return self._broken is None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent (or being sent) that have no reply yet."""
+        return len(self._replies)
+
+    def statistics(self) -> ConnectionStatistics:
+        """A snapshot of the counters."""
+        return ConnectionStatistics(
+            self._requests,
+            self._replies_count,
+            self._stray,
+            self._bytes_sent,
+            self._bytes_received,
+            len(self._replies),
+            self._broken is None,
+        )
+
+    def __repr__(self) -> str:
+        state = "open" if self._broken is None else f"broken ({type(self._broken).__name__})"
+        return f"<DWCPConnection {self.peer_address or '?'} in_flight={len(self._replies)} {state}>"
+
+    def _fail(self, exc: Exception) -> Exception:
+        """Mark the connection broken by ``exc`` (the first cause wins) and return it."""
+        if self._broken is None:
+            self._broken = exc
+        return exc
+
+    def _raise_broken(self) -> None:
+        broken = self._broken
+        if broken is not None:
+            fresh = copy.copy(broken)  # a fresh instance per raise; the first one is the cause
+            raise fresh from broken
+
+    # -- requests ------------------------------------------------------------------------------------
+
+    async def request(
+        self,
+        type: MessageType,
+        payload: bytes = b"",
+        *,
+        message_id: bytes | None = None,
+        flags: int = 0,
+    ) -> Frame:
+        """Send one frame and return the frame that answers it (same message id), ERROR included.
+
+        ``message_id`` defaults to a fresh id (a random per-connection prefix and a counter); a
+        retried SEND passes its own. ``ValueError`` if
+        that id is already waiting for a reply on this connection.
+        """
+        self._raise_broken()
+        if message_id is None:  # unique per connection by the counter, across them by the prefix
+            mid = self._id_prefix + next(self._id_counter).to_bytes(8, "big")
+        else:
+            mid = message_id
+        if mid in self._replies:
+            raise ValueError("a request with this message id is already in flight here")
+        data = encode_frame(type, mid, payload, flags, max_payload=self._max_payload)
+        replies = self._replies
+        replies[mid] = None
+        try:
+            await self._write(data)
+            self._requests += 1
+            while (reply := replies[mid]) is None:
+                await self._read_some(mid)
+            return reply
+        finally:
+            del replies[mid]
+
+    async def _write(self, data: bytes) -> None:
+        async with self._send_lock:
+            self._raise_broken()
+            try:
+                await self._stream.send(data)
+            except anyio.get_cancelled_exc_class():
+                # Part of the frame may be on the wire: nothing can follow it safely.
+                self._fail(ConnectionClosed("a send was cancelled mid-frame"))
+                raise
+            except (anyio.BrokenResourceError, OSError) as exc:
+                raise self._fail(ConnectionReset(f"send failed: {exc!r}")) from exc
+            except anyio.ClosedResourceError as exc:
+                raise self._fail(ConnectionClosed("connection closed")) from exc
+            self._bytes_sent += len(data)
+
+    async def _read_some(self, mid: bytes) -> None:
+        async with self._read_lock:
+            if self._replies[mid] is not None:
+                return  # answered while we queued for the lock
+            self._raise_broken()
+            try:
+                data = await self._stream.receive(_READ_SIZE)
+            except anyio.EndOfStream as exc:
+                try:
+                    self._decoder.eof()
+                except ProtocolError as cut:
+                    raise self._fail(cut) from exc
+                raise self._fail(ConnectionClosed("the peer closed the connection")) from exc
+            except (anyio.BrokenResourceError, OSError) as exc:
+                raise self._fail(ConnectionReset(f"connection reset: {exc!r}")) from exc
+            except anyio.ClosedResourceError as exc:
+                self._raise_broken()
+                raise self._fail(ConnectionClosed("connection closed")) from exc
+            self._bytes_received += len(data)
+            decoder = self._decoder
+            decoder.feed(data)
+            try:
+                while (frame := decoder.next_frame()) is not None:
+                    self._dispatch(frame)
+            except ProtocolError as exc:
+                raise self._fail(exc) from None
+
+    def _dispatch(self, frame: Frame) -> None:
+        mid = frame.message_id
+        if self._replies.get(mid, frame) is None:
+            self._replies[mid] = frame
+            self._replies_count += 1
+        elif frame.type is MessageType.ERROR and mid == _NO_ID:
+            code, detail = decode_error(frame.payload)
+            self._fail(PeerError(code, detail))  # the peer gave up on this connection
+        else:
+            self._stray += 1  # an answer to a request that was cancelled
+
+    def _expect(self, reply: Frame, expected: MessageType) -> Frame:
+        if reply.type is expected:
+            return reply
+        if reply.type is MessageType.ERROR:
+            code, detail = self._decoded(decode_error, reply.payload)
+            raise PeerError(code, detail)
+        exc = UnexpectedFrame(f"expected {expected.name}, got {reply.type.name}")
+        raise self._fail(exc)
+
+    # -- operations ----------------------------------------------------------------------------------
+
+    async def hello(self, node_id: str, address: str = "") -> PeerInfo:
+        """Introduce ourselves (``address``: where we serve, empty for a client); get the peer's."""
+        reply = await self.request(MessageType.HELLO, encode_hello(node_id, address))
+        return self._decoded(decode_hello, self._expect(reply, MessageType.HELLO).payload)
+
+    async def send(
+        self, recipient: str, body: bytes, *, sender: str = "", message_id: bytes | None = None
+    ) -> bool:
+        """Store ``body`` in ``recipient``'s mailbox. Returns True if the peer already had this id.
+
+        Pass the same ``message_id`` when retrying: the peer stores the message once.
+        """
+        payload = encode_send(recipient, sender, body)
+        reply = await self.request(MessageType.SEND, payload, message_id=message_id)
+        return bool(self._expect(reply, MessageType.ACK).flags & FLAG_DUPLICATE)
+
+    async def receive(self, node_id: str) -> Delivery | None:
+        """The oldest message waiting for ``node_id`` (``None`` if none). Acknowledge it with
+        :meth:`ack` once handled; until then the peer hands it out again if this connection drops."""
+        reply = await self.request(MessageType.RECEIVE, encode_receive(node_id))
+        reply = self._expect(reply, MessageType.DELIVER)
+        return self._decoded(decode_deliver, reply.payload, reply.flags)
+
+    async def ack(self, node_id: str, message_id: bytes) -> None:
+        """Acknowledge a delivered message: the peer forgets it (idempotent)."""
+        reply = await self.request(MessageType.DELIVER_ACK, encode_deliver_ack(node_id, message_id))
+        self._expect(reply, MessageType.ACK)
+
+    async def discover(self) -> tuple[PeerInfo, ...]:
+        """The peers this peer knows: its seeds and those that said hello."""
+        reply = await self.request(MessageType.DISCOVER)
+        return self._decoded(decode_peers, self._expect(reply, MessageType.PEERS).payload)
+
+    async def ping(self, data: bytes = b"") -> float:
+        """Round trip of a PING; returns the seconds it took on the loop clock."""
+        start = loop_time()
+        reply = await self.request(MessageType.PING, data)
+        if self._expect(reply, MessageType.PONG).payload != data:
+            raise self._fail(UnexpectedFrame("PONG does not echo the PING"))
+        return loop_time() - start
+
+    def _decoded(self, decode: Callable[..., T], *args: object) -> T:
+        try:
+            return decode(*args)
+        except ProtocolError as exc:
+            raise self._fail(exc) from None
+
+    # -- lifetime ------------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the connection; requests still waiting fail with ``ConnectionClosed``."""
+        self._fail(ConnectionClosed("connection closed"))
+        await self._stream.aclose()
+
+    async def __aenter__(self) -> DWCPConnection:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,343 @@
+"""DWCP frames: round trips, arbitrary splits, and every malformed input -> the right ProtocolError."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dwcp_resilience.core.errors import ResilienceError
+from dwcp_resilience.dwcp.errors import (
+    BadMagic,
+    BadPayload,
+    ConnectFailed,
+    ConnectionClosed,
+    ConnectionLost,
+    ConnectionReset,
+    ConnectTimeout,
+    DWCPError,
+    ErrorCode,
+    FrameTooLarge,
+    IncompleteFrame,
+    PeerError,
+    ProtocolError,
+    TransportError,
+    UnexpectedFrame,
+    UnknownType,
+    UnsupportedVersion,
+    is_retryable,
+)
+from dwcp_resilience.dwcp.protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    FLAG_EMPTY,
+    FLAG_REDELIVERED,
+    HEADER_SIZE,
+    MAGIC,
+    Delivery,
+    Frame,
+    FrameDecoder,
+    MessageType,
+    PeerInfo,
+    decode_deliver,
+    decode_deliver_ack,
+    decode_error,
+    decode_hello,
+    decode_peers,
+    decode_receive,
+    decode_send,
+    encode_deliver,
+    encode_deliver_ack,
+    encode_error,
+    encode_frame,
+    encode_hello,
+    encode_peers,
+    encode_receive,
+    encode_send,
+    new_message_id,
+)
+
+ID = bytes(range(16))
+
+
+def header(type_: int, length: int, *, magic: bytes = MAGIC, version: int = 1) -> bytes:
+    return struct.pack(">4sBBH16sQ", magic, version, type_, 0, ID, length)
+
+
+frames_st = st.builds(
+    Frame,
+    st.sampled_from(list(MessageType)),
+    st.binary(min_size=16, max_size=16),
+    st.binary(max_size=300),
+    st.integers(0, 0xFFFF),
+)
+
+
+def decode_in_pieces(
+    data: bytes, cuts: list[int], max_payload: int = DEFAULT_MAX_PAYLOAD
+) -> list[Frame]:
+    decoder = FrameDecoder(max_payload)
+    out: list[Frame] = []
+    start = 0
+    for cut in [*sorted(set(cuts)), len(data)]:
+        out.extend(decoder.frames(data[start:cut]))
+        start = cut
+    decoder.eof()
+    assert decoder.buffered == 0
+    return out
+
+
+# -- round trips ---------------------------------------------------------------------------------
+
+
+def test_header_is_32_bytes_and_starts_with_magic() -> None:
+    data = encode_frame(MessageType.PING, ID, b"abc", 5)
+    assert len(data) == HEADER_SIZE + 3 == 35
+    assert data[:4] == b"DWCP"
+    assert data[4] == 1
+    assert data[5] == MessageType.PING
+    assert struct.unpack(">H", data[6:8]) == (5,)
+    assert data[8:24] == ID
+    assert struct.unpack(">Q", data[24:32]) == (3,)
+
+
+@given(frames_st)
+def test_frame_round_trip(frame: Frame) -> None:
+    data = encode_frame(frame.type, frame.message_id, frame.payload, frame.flags)
+    assert FrameDecoder().frames(data) == [frame]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(frames_st, max_size=8), st.lists(st.integers(0, 4000), max_size=30))
+def test_any_sequence_split_anywhere_decodes_to_the_same_frames(
+    frames: list[Frame], cuts: list[int]
+) -> None:
+    """Frames concatenated and cut at arbitrary points come out whole, in order."""
+    data = b"".join(encode_frame(f.type, f.message_id, f.payload, f.flags) for f in frames)
+    cuts = [c for c in cuts if c <= len(data)]
+    assert decode_in_pieces(data, cuts) == frames
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(frames_st, min_size=1, max_size=4))
+def test_one_byte_slices_decode(frames: list[Frame]) -> None:
+    data = b"".join(encode_frame(f.type, f.message_id, f.payload, f.flags) for f in frames)
+    assert decode_in_pieces(data, list(range(len(data)))) == frames
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(frames_st, min_size=1, max_size=4), st.data())
+def test_eof_inside_a_frame_is_incomplete_frame(frames: list[Frame], data: st.DataObject) -> None:
+    """Cut inside the last frame: the frames before it come out, then eof() raises IncompleteFrame."""
+    encoded = [encode_frame(f.type, f.message_id, f.payload, f.flags) for f in frames]
+    before = b"".join(encoded[:-1])
+    cut = data.draw(st.integers(1, len(encoded[-1]) - 1))
+    decoder = FrameDecoder()
+    assert decoder.frames(before + encoded[-1][:cut]) == frames[:-1]
+    with pytest.raises(IncompleteFrame, match="end of stream inside a frame"):
+        decoder.eof()
+
+
+def test_eof_after_three_of_the_length_bytes() -> None:
+    """R51: EOF in the middle of the length field -> IncompleteFrame, not a short read."""
+    decoder = FrameDecoder()
+    assert decoder.frames(encode_frame(MessageType.PING, ID, b"x")[: HEADER_SIZE - 5]) == []
+    with pytest.raises(IncompleteFrame):
+        decoder.eof()
+
+
+def test_max_payload_is_inclusive() -> None:
+    data = encode_frame(MessageType.SEND, ID, b"x" * 100, max_payload=100)
+    assert FrameDecoder(100).frames(data)[0].payload == b"x" * 100
+
+
+def test_payload_codecs_round_trip() -> None:
+    assert decode_hello(encode_hello("node-é", "127.0.0.1:1")) == PeerInfo("node-é", "127.0.0.1:1")
+    assert decode_send(encode_send("b", "a", b"\x00body")) == ("b", "a", b"\x00body")
+    assert decode_receive(encode_receive("b")) == "b"
+    mid = new_message_id()
+    assert decode_deliver(encode_deliver(mid, "a", b"x")) == Delivery(mid, "a", b"x")
+    redelivered = decode_deliver(encode_deliver(mid, "a", b"x"), FLAG_REDELIVERED)
+    assert redelivered is not None
+    assert redelivered.redelivered
+    assert decode_deliver(b"", FLAG_EMPTY) is None
+    assert decode_deliver_ack(encode_deliver_ack("b", mid)) == ("b", mid)
+    peers = (PeerInfo("", "127.0.0.1:9"), PeerInfo("p2", "127.0.0.1:10"))
+    assert decode_peers(encode_peers(peers)) == peers
+    assert decode_peers(encode_peers([])) == ()
+    assert decode_error(encode_error(ErrorCode.BUSY, "busy")) == (ErrorCode.BUSY, "busy")
+
+
+def test_new_message_ids_are_16_random_bytes() -> None:
+    ids = {new_message_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 16 for i in ids)
+
+
+# -- malformed input -----------------------------------------------------------------------------
+
+
+@given(st.binary(min_size=1, max_size=64).filter(lambda b: not MAGIC.startswith(b[:4])))
+def test_garbage_is_bad_magic(garbage: bytes) -> None:
+    with pytest.raises(BadMagic):
+        FrameDecoder().frames(garbage)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"\x15\x03\x03\x00\x02\x02\x28",  # a TLS fatal alert (handshake_failure)
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello start
+        b"\x00",
+    ],
+    ids=["http-response", "http-request", "tls-alert", "tls-hello", "zero-byte"],
+)
+def test_foreign_protocols_are_bad_magic_at_the_first_wrong_byte(data: bytes) -> None:
+    """R53: garbage fails as soon as one byte differs from the magic, even fed one byte at a time."""
+    decoder = FrameDecoder()
+    with pytest.raises(BadMagic):
+        for i in range(len(data)):
+            decoder.frames(data[i : i + 1])
+    assert i < 4
+
+
+def test_magic_prefix_waits_for_more() -> None:
+    decoder = FrameDecoder()
+    assert decoder.frames(b"DW") == []
+    with pytest.raises(BadMagic):
+        decoder.frames(b"X")
+
+
+def test_unsupported_version_names_the_frame() -> None:
+    with pytest.raises(UnsupportedVersion) as info:
+        FrameDecoder().frames(header(MessageType.PING, 0, version=2))
+    assert info.value.message_id == ID
+    assert info.value.code is ErrorCode.UNSUPPORTED_VERSION
+
+
+@pytest.mark.parametrize("type_", [0, 12, 200, 255])
+def test_unknown_type(type_: int) -> None:
+    with pytest.raises(UnknownType, match=str(type_)) as info:
+        FrameDecoder().frames(header(type_, 0))
+    assert info.value.message_id == ID
+
+
+@pytest.mark.parametrize("length", [2**63, 2**64 - 1, DEFAULT_MAX_PAYLOAD + 1])
+def test_too_large_fails_at_the_header_without_a_body(length: int) -> None:
+    """A 2**63 length prefix is refused as soon as the header is in, before any body byte."""
+    decoder = FrameDecoder()
+    with pytest.raises(FrameTooLarge) as info:
+        decoder.frames(header(MessageType.SEND, length))
+    assert info.value.code is ErrorCode.FRAME_TOO_LARGE
+    assert decoder.buffered == HEADER_SIZE  # nothing was allocated for the body
+
+
+def test_max_payload_plus_one_is_too_large() -> None:
+    with pytest.raises(FrameTooLarge):
+        FrameDecoder(10).frames(encode_frame(MessageType.PING, ID, b"x" * 11))
+
+
+def test_good_frames_before_a_bad_one_come_out_first() -> None:
+    good = encode_frame(MessageType.PING, ID, b"1")
+    decoder = FrameDecoder()
+    decoder.feed(good + good + b"garbage!" * 5)
+    assert decoder.next_frame() == Frame(MessageType.PING, ID, b"1")
+    assert decoder.next_frame() == Frame(MessageType.PING, ID, b"1")
+    with pytest.raises(BadMagic):
+        decoder.next_frame()
+
+
+@pytest.mark.parametrize(
+    ("decode", "payload"),
+    [
+        (decode_hello, b""),
+        (decode_hello, b"\x05ab"),
+        (decode_hello, b"\x01a\x00extra"),
+        (decode_hello, b"\x02\xff\xfe\x00"),
+        (decode_send, b"\x00\x00body"),
+        (decode_send, b"\x03ab"),
+        (decode_receive, b"\x00"),
+        (decode_receive, b"\x01ab"),
+        (decode_deliver, b"short"),
+        (decode_deliver_ack, b"\x01b" + b"x" * 15),
+        (decode_peers, b"\x00\x02\x00\x00"),
+        (decode_peers, b"\x00"),
+        (decode_error, b"\x00"),
+    ],
+)
+def test_bad_payloads(decode: object, payload: bytes) -> None:
+    assert callable(decode)
+    with pytest.raises(BadPayload):
+        decode(payload)
+
+
+def test_encode_refuses_bad_input() -> None:
+    with pytest.raises(ValueError, match="message_id"):
+        encode_frame(MessageType.PING, b"short")
+    with pytest.raises(ValueError, match="max_payload"):
+        encode_frame(MessageType.PING, ID, b"xx", max_payload=1)
+    with pytest.raises(ValueError, match="flags"):
+        encode_frame(MessageType.PING, ID, flags=1 << 16)
+    with pytest.raises(ValueError, match="node_id"):
+        encode_hello("x" * 256)
+    with pytest.raises(ValueError, match="message_id"):
+        encode_deliver(b"x", "a", b"")
+    with pytest.raises(ValueError, match="message_id"):
+        encode_deliver_ack("a", b"x")
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(-1, ValueError), (1.5, TypeError), (True, TypeError)]
+)
+def test_decoder_config(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="max_payload"):
+        FrameDecoder(value)  # type: ignore[arg-type]
+
+
+def test_decoder_repr_shows_buffer() -> None:
+    decoder = FrameDecoder(64)
+    decoder.feed(b"DWC")
+    assert repr(decoder) == "<FrameDecoder max_payload=64 buffered=3>"
+
+
+# -- the error tree --------------------------------------------------------------------------------
+
+
+def test_error_tree_keeps_protocol_and_connection_errors_apart() -> None:
+    for cls in (BadMagic, UnsupportedVersion, UnknownType, FrameTooLarge, IncompleteFrame):
+        assert issubclass(cls, ProtocolError)
+        assert not issubclass(cls, OSError)
+    assert issubclass(ProtocolError, DWCPError)
+    assert issubclass(DWCPError, ResilienceError)
+    for transport in (
+        ConnectFailed,
+        ConnectTimeout,
+        ConnectionLost,
+        ConnectionReset,
+        ConnectionClosed,
+    ):
+        assert issubclass(transport, TransportError)
+        assert issubclass(transport, ConnectionError)
+        assert not issubclass(transport, ProtocolError)
+    assert issubclass(ConnectTimeout, TimeoutError)
+    assert not issubclass(PeerError, OSError | ProtocolError)
+
+
+def test_is_retryable() -> None:
+    assert is_retryable(ConnectionReset("x"))
+    assert is_retryable(ConnectTimeout("x"))
+    assert is_retryable(IncompleteFrame("x"))
+    assert is_retryable(UnexpectedFrame("x"))
+    assert is_retryable(PeerError(ErrorCode.MAILBOX_FULL))
+    assert is_retryable(PeerError(ErrorCode.BUSY))
+    assert not is_retryable(PeerError(ErrorCode.BAD_PAYLOAD))
+    assert not is_retryable(ValueError("x"))
+
+
+def test_peer_error_str() -> None:
+    assert str(PeerError(ErrorCode.BUSY, "full up")) == "peer error BUSY: full up"
+    assert str(PeerError(999)) == "peer error 999"
+    assert not PeerError(999).retryable
