@@ -135,6 +135,7 @@ class _Components:
     deadline: float | None = None
     error_budget: ErrorBudget | None = None
     latency_budget: LatencyBudget | None = None
+    budget_shares_clock: bool = False  # the error budget reads the manager's clock
 
     def layers(self) -> list[tuple[str, Any]]:
         return [
@@ -164,12 +165,14 @@ class _Stack:
     __slots__ = (
         "_adaptive",
         "_budget",
+        "_budget_shares_clock",
         "_chain",
         "_clock",
         "_counts",
         "_deadline",
         "_deadline_timeout",
         "_latency",
+        "_measure",
         "_outer",
         "components",
         "operation",
@@ -189,6 +192,8 @@ class _Stack:
         self._latency = components.latency_budget
         limiter = components.limiter
         self._adaptive = limiter if isinstance(limiter, AdaptiveRateLimiter) else None
+        self._measure = self._latency is not None or self._adaptive is not None
+        self._budget_shares_clock = components.budget_shares_clock
 
     async def _inner(self, ctx: OperationContext, op: Operation[T]) -> T:
         outer = self._outer
@@ -206,7 +211,7 @@ class _Stack:
             if deadline is None or own < deadline:
                 ctx = replace(ctx, deadline=own)
                 deadline = own
-        measure = self._latency is not None or self._adaptive is not None
+        measure = self._measure
         start = self._clock() if measure else 0.0
         token = _ctx_set(ctx)
         try:
@@ -217,7 +222,11 @@ class _Stack:
                 finally:
                     _deadline.reset(deadline_token)
             else:
-                result = await self._inner(ctx, op)
+                outer = self._outer
+                if outer is None:
+                    result = await op(ctx)
+                else:
+                    result = await outer(*self._chain, op, ctx)
         except Rejected:
             counts.rejected += 1
             if self._budget is not None:
@@ -225,10 +234,7 @@ class _Stack:
             raise
         except Exception:
             counts.failures += 1
-            if self._budget is not None:
-                self._budget.record(False)
-            if measure:
-                self._observe(self._clock() - start)
+            self._finish(False, start)
             raise
         except BaseException:
             counts.cancelled += 1
@@ -236,11 +242,21 @@ class _Stack:
         finally:
             _ctx_reset(token)
         counts.successes += 1
-        if self._budget is not None:
-            self._budget.record(True)
-        if measure:
-            self._observe(self._clock() - start)
+        if measure or self._budget is not None:
+            self._finish(True, start)
         return result
+
+    def _finish(self, ok: bool, start: float) -> None:
+        """Record a completed call: one clock read serves the latency and the error budget."""
+        budget = self._budget
+        if not self._measure:
+            if budget is not None:
+                budget.record(ok)
+            return
+        end = self._clock()
+        if budget is not None:
+            budget.record(ok, end if self._budget_shares_clock else None)
+        self._observe(end - start)
 
     def _observe(self, elapsed: float) -> None:
         if self._latency is not None:
@@ -330,6 +346,7 @@ class ResilienceManager:
                 changes["chaos"] = policy
             elif isinstance(policy, ErrorBudget):
                 changes["error_budget"] = policy
+                changes["budget_shares_clock"] = False
             elif isinstance(policy, LatencyBudget):
                 changes["latency_budget"] = policy
             else:
@@ -449,7 +466,7 @@ class ResilienceManager:
     ) -> ErrorBudget:
         """Register the error budget every call of ``name`` is recorded to."""
         budget = ErrorBudget(name, slo=slo, window=window, clock=self._clock, **options)
-        self._update(name, error_budget=budget)
+        self._update(name, error_budget=budget, budget_shares_clock=True)
         return budget
 
     def register_latency_budget(
