@@ -163,7 +163,7 @@ async def test_thundering_herd_admits_exactly_max_probes(
         except CircuitOpen as exc:
             rejected.append(exc)
 
-    await anyio.sleep(0.05)
+    await anyio.sleep(0.055)  # a margin: uvloop ticks in whole ms
     async with anyio.create_task_group() as tg:
         for _ in range(1000):
             tg.start_soon(one)
@@ -206,7 +206,7 @@ async def test_late_success_from_an_earlier_generation_does_not_close(anyio_back
 async def test_cancelled_probe_frees_its_slot(anyio_backend: Any) -> None:
     breaker = CircuitBreaker("db", max_failures=1, reset_timeout=0.02, half_open_max_wait=30.0)
     await trip(breaker, 1)
-    await anyio.sleep(0.02)
+    await anyio.sleep(0.025)  # a margin: uvloop ticks in whole ms
     async with anyio.create_task_group() as tg:
         tg.start_soon(breaker.call, sleeper, 3600.0)
         await settle(lambda: breaker.statistics().half_open_probes == 1)
@@ -253,7 +253,7 @@ async def test_failure_predicate_that_raises_does_not_leak_the_probe_slot(
     with caplog.at_level(logging.ERROR, logger="dwcp_resilience"):
         await trip(breaker, 1)  # a raising predicate counts a failure
         assert breaker.state is OPEN
-        await anyio.sleep(0.02)
+        await anyio.sleep(0.025)  # a margin: uvloop ticks in whole ms
         await trip(breaker, 1)  # the probe: its slot comes back, the breaker reopens
     stats = breaker.statistics()
     assert stats.state is OPEN and stats.half_open_probes == 0 and stats.inflight == 0
@@ -706,7 +706,8 @@ async def test_every_idiom_follows_the_same_state_machine(anyio_backend: Any, id
             await run(down)
     with pytest.raises(CircuitOpen):
         await run(ok)
-    await anyio.sleep(0.02)
+    # A margin past reset_timeout: uvloop's timers and clock tick in whole milliseconds.
+    await anyio.sleep(0.03)
     assert await run(ok) == "ok"
     stats = breaker.statistics()
     assert (stats.state, stats.successes, stats.failures, stats.rejected) == (CLOSED, 2, 2, 1)
