@@ -7,9 +7,12 @@ connection, and a chaos proxy that injects network faults.
 - :mod:`.transport`: :class:`DWCPConnection`, one request/response per operation, pipelined;
 - :mod:`.mailbox`: the peer's pure core (bounded mailboxes, de-duplication, delivery leases);
 - :mod:`.peer`: :class:`DWCPPeer`, a TCP server on loopback;
-- :mod:`.proxy`: :class:`ChaosProxy`; :mod:`.faults`: the faults it injects and its schedules.
+- :mod:`.proxy`: :class:`ChaosProxy`; :mod:`.faults`: the faults it injects and its schedules;
+- :mod:`.client`: :class:`DWCPResilientClient`, every operation through a ResilienceManager;
+- :mod:`.scenario` and :mod:`.demo`: the traffic scenario and the ``make demo`` orchestration.
 """
 
+from .client import CONNECT, DISCOVER, RECEIVE, SEND, DWCPResilienceConfig, DWCPResilientClient
 from .errors import (
     BadMagic,
     BadPayload,
@@ -51,6 +54,7 @@ __all__ = (
     "BadMagic",
     "BadPayload",
     "Bandwidth",
+    "CONNECT",
     "ChaosProxy",
     "ConnectFailed",
     "ConnectTimeout",
@@ -59,9 +63,12 @@ __all__ = (
     "ConnectionReset",
     "ConnectionStatistics",
     "DEFAULT_MAX_PAYLOAD",
+    "DISCOVER",
     "DWCPConnection",
     "DWCPError",
     "DWCPPeer",
+    "DWCPResilienceConfig",
+    "DWCPResilientClient",
     "Delivery",
     "Drop",
     "ErrorCode",
@@ -79,7 +86,9 @@ __all__ = (
     "PeerStatistics",
     "ProtocolError",
     "ProxyStatistics",
+    "RECEIVE",
     "ResetPeer",
+    "SEND",
     "Slicer",
     "Stall",
     "StoreResult",

@@ -1,0 +1,393 @@
+"""``DWCPResilientClient``: a DWCP client whose every operation runs through a ResilienceManager.
+
+The Go package's client sent nothing and discovered a hard-coded list; this one talks to real peers
+over TCP (:class:`~dwcp_resilience.dwcp.transport.DWCPConnection`), with the Go client's operation
+names and defaults (:class:`DWCPResilienceConfig`):
+
+===========================  =================================================================
+operation                    protections (Go defaults)
+===========================  =================================================================
+``network-send``             bulkhead 100/50/5 s, retry 3 x (0.1 s .. 10 s, x2, jitter),
+                             breaker 5 failures / 30 s attempt timeout / 60 s reset,
+                             token bucket 1000/s burst 100, error budget 99.9 % / 24 h,
+                             latency budget p95 <= 100 ms
+``network-receive``          bulkhead, retry, breaker 5 / 30 s / 60 s
+``peer-discovery``           retry, breaker ``max_failures // 2`` / 30 s / 60 s
+``concurrent-connections``   bulkhead 100/50/5 s, connect timeout
+===========================  =================================================================
+
+Delivery guarantees:
+
+- **Send is at-least-once with an idempotent id.** A message gets its id once, before the first
+  attempt; every retry sends the same id and the peer stores it once. So a retried send is delivered
+  once, and a send that failed for the caller (retries and deadline exhausted) may or may not have
+  been stored, but is never stored twice.
+- **Receive acknowledges after delivery.** The peer leases a message to the connection; the client
+  hands it to ``handler`` (or returns it) and only then acknowledges it. A connection lost in between
+  makes the peer hand the message out again; the client drops ids it has already delivered, so the
+  application sees each message once.
+
+After any failed attempt the connection it used is closed and the next attempt reconnects: a
+stalled or half-broken connection is never reused.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import anyio
+
+from ..core.context import OperationContext
+from ..core.errors import DeadlineExceeded
+from ..core.validate import check_int, check_name, check_number
+from ..manager import ResilienceManager, ResilienceSnapshot
+from ..slo.checks import PingCheck
+from .errors import ConnectFailed, is_retryable
+from .protocol import Delivery, PeerInfo, new_message_id
+from .transport import DWCPConnection
+
+__all__ = ("DWCPResilienceConfig", "DWCPResilientClient", "SEND", "RECEIVE", "DISCOVER", "CONNECT")
+
+SEND = "network-send"
+RECEIVE = "network-receive"
+DISCOVER = "peer-discovery"
+CONNECT = "concurrent-connections"
+
+
+def _failure(exc: BaseException) -> bool:
+    """What counts as a failure of a DWCP attempt (and is worth retrying)."""
+    return is_retryable(exc) or isinstance(exc, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class DWCPResilienceConfig:
+    """The Go ``DWCPResilienceConfig`` (same defaults), plus what a real client needs.
+
+    Attributes (Go): max_failures 5, circuit_timeout 30 s (per attempt), circuit_reset_time 60 s,
+    max_retries 3, initial_retry_delay 0.1 s, max_retry_delay 10 s, retry_multiplier 2.0,
+    health_check_interval 10 s, health_check_timeout 5 s (used here, unlike Go),
+    requests_per_second 1000, burst_size 100, max_concurrent 100, max_queue_size 50,
+    max_wait_time 5 s. Added: ``node_id`` (this client's mailbox name), ``peers`` ("host:port"; the
+    first is the default peer), ``connect_timeout``, ``operation_deadline`` (total seconds per
+    operation, ``None`` for none), ``availability_slo``/``latency_target``.
+    """
+
+    node_id: str = "client"
+    peers: tuple[str, ...] = ()
+    max_failures: int = 5
+    circuit_timeout: float = 30.0
+    circuit_reset_time: float = 60.0
+    max_retries: int = 3
+    initial_retry_delay: float = 0.1
+    max_retry_delay: float = 10.0
+    retry_multiplier: float = 2.0
+    health_check_interval: float = 10.0
+    health_check_timeout: float = 5.0
+    requests_per_second: float = 1000.0
+    burst_size: int = 100
+    max_concurrent: int = 100
+    max_queue_size: int = 50
+    max_wait_time: float = 5.0
+    connect_timeout: float = 5.0
+    operation_deadline: float | None = None
+    availability_slo: float = 0.999
+    availability_window: float = 24 * 3600.0
+    latency_target: float = 0.1
+    seen_ids: int = field(default=100_000)
+
+    def __post_init__(self) -> None:
+        check_name(self.node_id, "node_id")
+        if isinstance(self.peers, str) or not all(isinstance(p, str) and p for p in self.peers):
+            raise TypeError("peers must be a sequence of 'host:port' strings")
+        object.__setattr__(self, "peers", tuple(self.peers))
+        check_int(self.max_failures, "max_failures", min_value=1)
+        check_int(self.max_retries, "max_retries", min_value=0)
+        check_int(self.burst_size, "burst_size", min_value=1)
+        check_int(self.max_concurrent, "max_concurrent", min_value=1)
+        check_int(self.max_queue_size, "max_queue_size", min_value=0)
+        check_int(self.seen_ids, "seen_ids", min_value=1)
+        for name in (
+            "circuit_timeout",
+            "circuit_reset_time",
+            "max_retry_delay",
+            "max_wait_time",
+            "health_check_interval",
+            "health_check_timeout",
+            "connect_timeout",
+            "requests_per_second",
+            "latency_target",
+            "availability_window",
+        ):
+            check_number(getattr(self, name), name, min_value=0.0, allow_zero=False)
+        check_number(self.initial_retry_delay, "initial_retry_delay", min_value=0.0)
+        check_number(self.retry_multiplier, "retry_multiplier", min_value=0.0)
+        check_number(
+            self.availability_slo,
+            "availability_slo",
+            min_value=0.0,
+            allow_zero=False,
+            max_value=1.0,
+        )
+        if self.operation_deadline is not None:
+            check_number(
+                self.operation_deadline, "operation_deadline", min_value=0.0, allow_zero=False
+            )
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"peer address must be 'host:port', got {address!r}")
+    return host, int(port)
+
+
+class DWCPResilientClient:
+    """A resilient DWCP client (see the module docstring).
+
+    Args:
+        config: the configuration (Go defaults).
+        manager: a manager to register the operations in (default: a new one named "dwcp").
+
+    Use it as an async context manager: it runs health monitoring (a ping check per peer) and
+    closes its connections on exit.
+    """
+
+    def __init__(
+        self, config: DWCPResilienceConfig, *, manager: ResilienceManager | None = None
+    ) -> None:
+        if not isinstance(config, DWCPResilienceConfig):
+            raise TypeError("config must be a DWCPResilienceConfig")
+        self.config = config
+        self.manager = manager or ResilienceManager(
+            "dwcp",
+            health_interval=config.health_check_interval,
+            health_timeout=config.health_check_timeout,
+        )
+        self._connections: dict[str, DWCPConnection] = {}
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self.sent = self.delivered = self.duplicates_dropped = 0
+        self._register()
+
+    def _register(self) -> None:
+        c, rm = self.config, self.manager
+        for operation in (SEND, RECEIVE, CONNECT):
+            rm.register_bulkhead(operation, c.max_concurrent, c.max_queue_size, c.max_wait_time)
+        for operation, failures in (
+            (SEND, c.max_failures),
+            (RECEIVE, c.max_failures),
+            (DISCOVER, max(1, c.max_failures // 2)),
+        ):
+            rm.register_retry_policy(
+                operation,
+                c.max_retries,
+                c.initial_retry_delay,
+                c.max_retry_delay,
+                c.retry_multiplier,
+                True,
+                retry_on=_failure,
+            )
+            rm.register_circuit_breaker(
+                operation, failures, c.circuit_timeout, c.circuit_reset_time, failure=_failure
+            )
+        rm.register_rate_limiter(SEND, c.requests_per_second, c.burst_size)
+        rm.register_timeout(CONNECT, c.connect_timeout)
+        rm.register_error_budget(SEND, c.availability_slo, c.availability_window)
+        rm.register_latency_budget(SEND, c.latency_target, 95.0, 1000)
+        if c.operation_deadline is not None:
+            for operation in (SEND, RECEIVE, DISCOVER, CONNECT):
+                rm.register_deadline(operation, c.operation_deadline)
+        for address in c.peers:
+            self.manager.register_health_check(PingCheck(f"peer-{address}", self._pinger(address)))
+
+    def _pinger(self, address: str) -> Callable[[], Awaitable[bool]]:
+        async def ping() -> bool:
+            conn = await self._connection(address)
+            try:
+                await conn.ping()
+            except BaseException:
+                await self._discard(address, conn)
+                raise
+            return True
+
+        return ping
+
+    def _peer(self, peer: str | None) -> str:
+        if peer is not None:
+            _split(peer)
+            return peer
+        if not self.config.peers:
+            raise ValueError("no peer given and the config lists none")
+        return self.config.peers[0]
+
+    # --- connections ----------------------------------------------------------------------------
+
+    async def establish_connection(self, peer: str | None = None) -> DWCPConnection:
+        """Connect to ``peer`` (default: the first configured) through ``concurrent-connections``."""
+        address = self._peer(peer)
+        host, port = _split(address)
+        timeout = self.config.connect_timeout
+
+        async def connect(ctx: OperationContext) -> DWCPConnection:
+            conn = await DWCPConnection.connect(host, port, connect_timeout=timeout)
+            try:
+                await conn.hello(self.config.node_id)
+            except BaseException:
+                await conn.aclose()
+                raise
+            return conn
+
+        try:
+            return await self.manager.execute_with_all_protections(CONNECT, connect)
+        except DeadlineExceeded as exc:
+            raise ConnectFailed(f"connect to {address} timed out") from exc
+
+    async def _connection(self, address: str) -> DWCPConnection:
+        conn = self._connections.get(address)
+        if conn is not None and conn.usable:
+            return conn
+        conn = await self.establish_connection(address)
+        old = self._connections.get(address)
+        if old is not None and old is not conn and old.usable:
+            await conn.aclose()  # another task connected meanwhile: share its connection
+            return old
+        self._connections[address] = conn
+        return conn
+
+    async def _discard(self, address: str, conn: DWCPConnection) -> None:
+        if self._connections.get(address) is conn:
+            del self._connections[address]
+        with anyio.CancelScope(shield=True):
+            await conn.aclose()
+
+    async def _on(
+        self, address: str, action: Callable[[DWCPConnection], Awaitable[object]]
+    ) -> object:
+        conn = await self._connection(address)
+        try:
+            return await action(conn)
+        except BaseException:
+            await self._discard(address, conn)
+            raise
+
+    # --- operations -----------------------------------------------------------------------------
+
+    async def send_message(
+        self,
+        recipient: str,
+        body: bytes,
+        *,
+        peer: str | None = None,
+        message_id: bytes | None = None,
+        ctx: OperationContext | None = None,
+    ) -> bytes:
+        """Store ``body`` in ``recipient``'s mailbox on ``peer``; returns the message id.
+
+        The id is fixed before the first attempt, so retries are idempotent.
+        """
+        address = self._peer(peer)
+        mid = new_message_id() if message_id is None else message_id
+
+        async def send(_: OperationContext) -> bytes:
+            async def on(conn: DWCPConnection) -> None:
+                await conn.send(recipient, body, sender=self.config.node_id, message_id=mid)
+
+            await self._on(address, on)
+            return mid
+
+        result = await self.manager.execute_with_all_protections(ctx or SEND, send)
+        self.sent += 1
+        return result
+
+    async def receive_message(
+        self,
+        handler: Callable[[Delivery], Awaitable[None]] | None = None,
+        *,
+        peer: str | None = None,
+        ctx: OperationContext | None = None,
+    ) -> Delivery | None:
+        """Take the oldest message for this client from ``peer`` (``None`` when there is none).
+
+        With ``handler``, the message is acknowledged only after ``handler`` returns; without it,
+        after it is handed to the caller. Messages already delivered are acknowledged and skipped.
+        """
+        address = self._peer(peer)
+        node = self.config.node_id
+
+        async def receive(_: OperationContext) -> Delivery | None:
+            async def on(conn: DWCPConnection) -> Delivery | None:
+                while True:
+                    delivery = await conn.receive(node)
+                    if delivery is None:
+                        return None
+                    if delivery.message_id in self._seen:
+                        self.duplicates_dropped += 1
+                        await conn.ack(node, delivery.message_id)
+                        continue
+                    if handler is not None:
+                        await handler(delivery)
+                    self._remember(delivery.message_id)
+                    await conn.ack(node, delivery.message_id)
+                    return delivery
+
+            result = await self._on(address, on)
+            return result if isinstance(result, Delivery) else None
+
+        delivery = await self.manager.execute_with_all_protections(ctx or RECEIVE, receive)
+        if delivery is not None:
+            self.delivered += 1
+        return delivery
+
+    def _remember(self, message_id: bytes) -> None:
+        seen = self._seen
+        seen[message_id] = None
+        if len(seen) > self.config.seen_ids:
+            seen.popitem(last=False)
+
+    async def discover_peers(self, *, peer: str | None = None) -> tuple[PeerInfo, ...]:
+        """The peers ``peer`` knows (its seeds and those that said hello)."""
+        address = self._peer(peer)
+
+        async def discover(_: OperationContext) -> tuple[PeerInfo, ...]:
+            async def on(conn: DWCPConnection) -> tuple[PeerInfo, ...]:
+                return await conn.discover()
+
+            result = await self._on(address, on)
+            assert isinstance(result, tuple)
+            return result
+
+        return await self.manager.execute_with_all_protections(DISCOVER, discover)
+
+    # --- health, metrics, lifetime ------------------------------------------------------------------
+
+    def is_healthy(self) -> bool:
+        """The manager's health (every peer's ping check)."""
+        return self.manager.is_healthy()
+
+    def metrics(self) -> ResilienceSnapshot:
+        """A frozen snapshot of every operation's statistics (``get_all_metrics``)."""
+        return self.manager.get_all_metrics()
+
+    async def aclose(self) -> None:
+        """Close every connection."""
+        connections, self._connections = self._connections, {}
+        with anyio.CancelScope(shield=True):
+            for conn in connections.values():
+                await conn.aclose()
+
+    async def __aenter__(self) -> DWCPResilientClient:
+        await self.manager.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self.manager.__aexit__(exc_type, exc, tb)
+        finally:
+            await self.aclose()
