@@ -21,7 +21,6 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import count
-from types import TracebackType
 
 import anyio
 import anyio.abc
@@ -29,6 +28,7 @@ from anyio.abc import SocketAttribute
 
 from ..core.clock import loop_time
 from ..core.validate import check_int, check_name, check_number
+from ._service import BackgroundService
 from .errors import ErrorCode, ProtocolError, UnexpectedFrame
 from .mailbox import Mailboxes, StoreResult
 from .protocol import (
@@ -108,7 +108,7 @@ def _seed(value: str | PeerInfo) -> PeerInfo:
     raise TypeError(f"seeds must be 'host:port' strings or PeerInfo, got {value!r}")
 
 
-class DWCPPeer:
+class DWCPPeer(BackgroundService):
     """A DWCP peer: ``DWCPPeer(node_id, *, host="127.0.0.1", port=0, seeds=())``.
 
     Args:
@@ -262,38 +262,8 @@ class DWCPPeer:
                     conn.timed_out = True
                     conn.scope.cancel()
 
-    async def start(self) -> None:
-        """Start serving in the background; call :meth:`aclose` from the same task."""
-        if self._tg is not None:
-            raise RuntimeError(f"peer {self.node_id!r} is already serving")
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        try:
-            await tg.start(self.serve)
-        except BaseException as exc:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        self._tg = tg
-
-    async def aclose(self) -> None:
-        """Stop listening and close every connection (idempotent)."""
-        tg, self._tg = self._tg, None
-        if tg is not None:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
-
-    async def __aenter__(self) -> DWCPPeer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    def _already_serving(self) -> str:
+        return f"peer {self.node_id!r} is already serving"
 
     # -- connections ---------------------------------------------------------------------------------
 

@@ -24,7 +24,6 @@ import random
 import socket
 import struct
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Literal
 
 import anyio
@@ -33,6 +32,7 @@ from anyio.abc import SocketAttribute
 
 from ..core.clock import loop_time
 from ..core.validate import check_int, check_name, check_number
+from ._service import BackgroundService
 from .faults import (
     FAULT_TYPES,
     Bandwidth,
@@ -75,7 +75,7 @@ class _Abort(Exception):
     """Raised inside a pump to reset the whole connection."""
 
 
-class ChaosProxy:
+class ChaosProxy(BackgroundService):
     """``ChaosProxy(target_host, target_port, *, listen_port=0, schedule=(), seed=None)``.
 
     Use ``async with ChaosProxy(...) as proxy:`` and connect to ``proxy.port``; switch faults at
@@ -190,38 +190,8 @@ class ChaosProxy:
             finally:
                 self._port = None
 
-    async def start(self) -> None:
-        """Start proxying in the background; call :meth:`aclose` from the same task."""
-        if self._tg is not None:
-            raise RuntimeError("proxy is already serving")
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        try:
-            await tg.start(self.serve)
-        except BaseException as exc:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        self._tg = tg
-
-    async def aclose(self) -> None:
-        """Stop listening and close every proxied connection (idempotent)."""
-        tg, self._tg = self._tg, None
-        if tg is not None:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
-
-    async def __aenter__(self) -> ChaosProxy:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    def _already_serving(self) -> str:
+        return "proxy is already serving"
 
     # -- proxying ------------------------------------------------------------------------------------
 
