@@ -1,3 +1,5 @@
+"""The test harness itself: virtual time on asyncio and trio, and every backend runs."""
+
 from __future__ import annotations
 
 import time
