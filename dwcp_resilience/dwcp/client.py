@@ -33,6 +33,7 @@ stalled or half-broken connection is never reused.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -168,6 +169,8 @@ class DWCPResilientClient:
         )
         self._connections: dict[str, DWCPConnection] = {}
         self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._id_prefix = new_message_id()[:8]
+        self._id_counter = itertools.count()
         self.sent = self.delivered = self.duplicates_dropped = 0
         self._register()
 
@@ -288,13 +291,22 @@ class DWCPResilientClient:
         The id is fixed before the first attempt, so retries are idempotent.
         """
         address = self._peer(peer)
-        mid = new_message_id() if message_id is None else message_id
+        if message_id is None:  # unique: a random 64-bit prefix per client, then a counter
+            mid = self._id_prefix + next(self._id_counter).to_bytes(8, "big")
+        else:
+            mid = message_id
+        sender = self.config.node_id
 
         async def send(_: OperationContext) -> bytes:
-            async def on(conn: DWCPConnection) -> None:
-                await conn.send(recipient, body, sender=self.config.node_id, message_id=mid)
-
-            await self._on(address, on)
+            # One frame, not three: every socket suspension resumes each frame of the stack.
+            conn = self._connections.get(address)
+            if conn is None or not conn.usable:
+                conn = await self._connection(address)
+            try:
+                await conn.send(recipient, body, sender=sender, message_id=mid)
+            except BaseException:
+                await self._discard(address, conn)
+                raise
             return mid
 
         result = await self.manager.execute_with_all_protections(ctx or SEND, send)
