@@ -63,6 +63,11 @@ async def test_demo_delivers_everything_once_and_draws_the_timeline(tmp_path: Pa
     assert any(line.startswith("  lost") for line in lines)
     assert b"dwcp_circuit_breaker_state" in scraped[0]
     assert b'dwcp_circuit_breaker_requests_total{name="network-send"' in scraped[0]
+    assert (
+        b'dwcp_circuit_breaker_request_duration_seconds_count{name="network-send"} 0.0'
+        not in (scraped[0])
+    )
+    assert b'dwcp_circuit_breaker_request_duration_seconds_count{name="network-send"}' in scraped[0]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
