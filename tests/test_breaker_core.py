@@ -41,6 +41,7 @@ from hypothesis.stateful import (
 )
 
 from dwcp_resilience.policies.breaker_core import (
+    CLOCK_SLACK,
     REJECTED,
     BreakerConfig,
     BreakerCore,
@@ -156,7 +157,7 @@ class Model:
     def poll(self, now: float) -> BreakerState:
         wait = self.cfg.half_open_max_wait
         assert wait is not None
-        if self.state is OPEN and now >= self.open_until:
+        if self.state is OPEN and now >= self.open_until - CLOCK_SLACK:
             self.enter(HALF_OPEN, now, "reset_timeout")
         elif (
             self.state is HALF_OPEN
@@ -313,7 +314,7 @@ class BreakerMachine(RuleBasedStateMachine):
             }
             assert core.retry_after(now) == self.model.retry_after(now)
         if was is OPEN and not core.isolated and open_until != INF:  # B6
-            if now < open_until:
+            if now < open_until - CLOCK_SLACK:
                 assert not admitted and core.state is OPEN
             else:
                 assert admitted and core.state is HALF_OPEN

@@ -60,6 +60,7 @@ from ..core.outcome import Classifier, ExceptionMatcher, Outcome, ResultPredicat
 from ..core.policy import PolicyBase, TaskLocalStack
 from ..core.validate import check_name, check_number
 from .breaker_core import (
+    CLOCK_SLACK,
     CLOSED,
     DEFAULT_BUCKETS,
     OPEN,
@@ -580,8 +581,8 @@ class CircuitBreaker(PolicyBase):
             if now < until:
                 core.rejected += 1
                 if self._emit_rejections:
-                    self._emit_rejected(now, until - now)
-                raise _circuit_open(self._name, until - now)
+                    self._emit_rejected(now, until - now + CLOCK_SLACK)
+                raise _circuit_open(self._name, until - now + CLOCK_SLACK)
         if core.state is CLOSED and self._plain:  # no clock needed to admit
             core.admitted += 1
             ticket, start = core.epoch, None
@@ -632,8 +633,8 @@ class CircuitBreaker(PolicyBase):
                 if now < until:
                     core.rejected += 1
                     if self._emit_rejections:
-                        self._emit_rejected(now, until - now)
-                    raise _circuit_open(self._name, until - now)
+                        self._emit_rejected(now, until - now + CLOCK_SLACK)
+                    raise _circuit_open(self._name, until - now + CLOCK_SLACK)
             if core.state is CLOSED and self._plain:
                 core.admitted += 1
                 ticket, start = core.epoch, None

@@ -57,6 +57,12 @@ ROUTE_GENERAL = -1
 ROUTE_OPEN = -2
 """``BreakerCore.route``: OPEN; the shell rejects inline while ``now < reject_until``."""
 
+CLOCK_SLACK = 1e-6
+"""The open period counts as over from ``open_until - CLOCK_SLACK`` (1 us), while ``retry_after``
+still reports the full ``open_until - now``. A caller that sleeps exactly ``retry_after`` on the
+loop's timer can wake a few ULP short of ``open_until`` (``now + retry_after`` is rounded): on uvloop
+106 of 300 such calls were rejected with ``retry_after`` ~9e-13 s before this slack."""
+
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Prometheus' ``DefBuckets``, the Go breaker's request-duration histogram buckets (seconds)."""
 
@@ -338,7 +344,7 @@ class BreakerCore:
             else:
                 self.opens += 1
                 self.open_until = now + self._open_duration(self.opens)
-                self.reject_until = self.open_until
+                self.reject_until = self.open_until - CLOCK_SLACK
                 self.route = ROUTE_OPEN
         else:
             self.reject_until = -_INF
@@ -370,7 +376,7 @@ class BreakerCore:
         """Apply the lazy transitions due at ``now`` and return the state a call would see."""
         state = self.state
         if state is OPEN:
-            if now >= self.open_until:
+            if now >= self.open_until - CLOCK_SLACK:
                 self._enter(HALF_OPEN, now, "reset_timeout")
         elif (
             state is HALF_OPEN
