@@ -385,6 +385,31 @@ async def test_reset_force_open_and_disable_update_stats_and_notify(anyio_backen
     assert counted == {(CLOSED, OPEN): 2, (OPEN, CLOSED): 2}
 
 
+@pytest.mark.virtual_time
+async def test_trip_opens_like_a_trip_and_recovers_on_its_own(anyio_backend: Any) -> None:
+    recorder: RecordingListener[Event] = RecordingListener()
+    breaker = CircuitBreaker("db", reset_timeout=10.0, half_open_successes=1, listeners=[recorder])
+    breaker.trip("fleet_quorum")
+    assert breaker.state is OPEN
+    with pytest.raises(CircuitOpen) as rejected:
+        await breaker.call(ok)
+    assert rejected.value.retry_after == pytest.approx(10.0, abs=0.01)
+    await anyio.sleep(5.0)
+    breaker.trip("fleet_quorum")  # already open: the open period starts again
+    await anyio.sleep(6.0)
+    assert breaker.state is OPEN
+    await anyio.sleep(4.0)
+    assert await breaker.call(ok) == "ok"
+    assert breaker.state is CLOSED
+    assert [(e.old, e.new, e.reason, e.manual) for e in changes(recorder)] == [
+        (CLOSED, OPEN, "fleet_quorum", False),
+        (OPEN, HALF_OPEN, "reset_timeout", False),
+        (HALF_OPEN, CLOSED, "probes_succeeded", False),
+    ]  # the restart of the open period is not a state change
+    with pytest.raises(ValueError, match="reason"):
+        breaker.trip("")
+
+
 async def test_statistics_are_a_frozen_snapshot_and_repr_is_live(anyio_backend: Any) -> None:
     breaker = CircuitBreaker("db", max_failures=2)
     before = breaker.statistics()

@@ -427,6 +427,16 @@ class CircuitBreaker(PolicyBase):
         """Isolate: reject every call (``retry_after=None``) until :meth:`reset`."""
         self._core.force_open(self._now())
 
+    def trip(self, reason: str = "tripped") -> None:
+        """Open now, as if the breaker had tripped itself: calls are rejected with ``retry_after``
+        until the open period (``reset_timeout`` or ``open_duration``) ends, then half-open probes
+        decide. Unlike :meth:`force_open` it is not an isolation: the breaker recovers on its own.
+        ``reason`` goes into the :class:`BreakerStateChanged` event (the fleet backend passes
+        ``"fleet_quorum"``). Restarts the open period if the breaker is already open.
+        """
+        check_name(reason, "reason")
+        self._core.trip(self._now(), reason)
+
     def disable(self) -> None:
         """Admit every call and never trip (outcomes are still counted) until :meth:`reset`."""
         self._core.disable(self._now())

@@ -396,6 +396,15 @@ class BreakerCore:
         self.disabled = False
         self._enter(OPEN, now, "force_open", manual=True)
 
+    def trip(self, now: float, reason: str) -> None:
+        """Open as a trip would (not manual): the open period runs, then half-open probes decide.
+
+        From OPEN this restarts the open period; from HALF_OPEN it ends the probing. ``disable()``
+        mode is left, as after ``reset()``.
+        """
+        self.disabled = False
+        self._enter(OPEN, now, reason)
+
     def disable(self, now: float) -> None:
         """Manual: CLOSED and admitting every call; outcomes are counted but never trip it."""
         self.disabled = True
