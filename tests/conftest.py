@@ -12,12 +12,14 @@ sleep for long stretches (they then run on asyncio and trio only).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import looptime
 import pytest
 import trio.testing
 import uvloop
+from redis_server import RedisServer
 
 BACKENDS = [
     pytest.param(("asyncio", {"loop_factory": looptime.new_event_loop}), id="asyncio"),
@@ -32,6 +34,11 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     is_uvloop = options.get("loop_factory") is uvloop.new_event_loop
     if is_uvloop and request.node.get_closest_marker("virtual_time") is not None:
         pytest.skip("needs virtual time; looptime cannot patch uvloop")
+    if request.node.get_closest_marker("redis") is not None:
+        # redis.asyncio is asyncio-only, and a real server answers in real time.
+        if name == "trio":
+            pytest.skip("redis.asyncio does not run on trio")
+        return name, {} if not is_uvloop else dict(options)
     if name == "trio":
         # A fresh MockClock per test: virtual time starts from zero every time.
         return name, {"clock": trio.testing.MockClock(autojump_threshold=0)}
@@ -50,3 +57,24 @@ def backend_name(anyio_backend: tuple[str, dict[str, Any]]) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "virtual_time: needs virtual time (skipped on uvloop)")
     config.addinivalue_line("markers", "slow: a longer test (still run in CI)")
+    config.addinivalue_line(
+        "markers", "redis: needs the real redis-server (asyncio and uvloop, real time; no trio)"
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server on a free loopback port for the whole session."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session server's URL, emptied for this test (restarted first if a test killed it)."""
+    import redis
+
+    redis_server.start()
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url

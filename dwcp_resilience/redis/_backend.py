@@ -1,0 +1,259 @@
+"""The fleet backend's connection: one ``redis.asyncio`` client, guarded by our own policies.
+
+Every Redis call of the fleet primitives goes through :meth:`RedisBackend.run`: a per-call
+:class:`~dwcp_resilience.Timeout` inside a :class:`~dwcp_resilience.CircuitBreaker`. When Redis is
+down, slow, or the guard breaker is open, ``run`` raises :class:`BackendUnavailable` (at once, while
+the guard is open, so a dead Redis costs no connect attempt per call) and the primitive falls back to
+its local state. A :class:`FallbackTracker` per primitive turns those outcomes into one
+:class:`FleetFallback` event when the primitive leaves shared state and one :class:`FleetRestored`
+when it is back, however many calls fail in between.
+
+Redis' own errors that are not about reachability (a script error, a wrong key type) are bugs, not
+outages: they propagate unchanged and do not trip the guard.
+
+Keys are ``<namespace>:<kind>:<name>[:...]``; every primitive gives its keys a TTL, so a fleet that
+stops using a name leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import redis.asyncio as redis_asyncio
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from ..core.clock import Clock, loop_time
+from ..core.errors import CircuitOpen, DeadlineExceeded, ResilienceError
+from ..core.events import Event, Listeners
+from ..core.validate import check_name, check_number
+from ..policies.breaker import CircuitBreaker
+
+__all__ = (
+    "BackendUnavailable",
+    "FallbackTracker",
+    "FleetFallback",
+    "FleetRestored",
+    "RedisBackend",
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: What counts as "Redis is not there": connection and timeout errors, socket errors, and our own
+#: per-call deadline. Everything else Redis raises (ResponseError, ...) is a bug and propagates.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    DeadlineExceeded,
+)
+
+
+_CAUGHT: tuple[type[Exception], ...] = (CircuitOpen, *UNAVAILABLE)
+
+
+class BackendUnavailable(ResilienceError):
+    """Redis could not be used for this call (down, too slow, or the guard breaker is open).
+
+    The fleet primitives catch it and fall back to local state; ``__cause__`` is the Redis, socket,
+    deadline or :class:`~dwcp_resilience.CircuitOpen` error behind it.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class FleetFallback(Event):
+    """A fleet primitive lost Redis and now runs on local state (``reason``: what failed)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FleetRestored(Event):
+    """A fleet primitive reached Redis again and is back on shared state after ``down_for`` s."""
+
+    down_for: float
+
+
+def _default_instance() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class RedisBackend:
+    """A Redis connection for the fleet primitives, guarded by a breaker and a per-call timeout.
+
+    Args:
+        url: where Redis is (ignored when ``client`` is given).
+        client: an existing ``redis.asyncio.Redis`` to use instead (its retry settings are kept;
+            ours makes no retries of its own: a failed call falls back at once).
+        namespace: the first part of every key, so fleets can share one Redis.
+        instance: this process' identity in shared state (default ``host:pid:random``).
+        timeout: seconds a single Redis call may take before it counts as unavailable.
+        breaker: the guard; the default opens after 3 consecutive unavailable calls and probes
+            again after 1 s, so a dead Redis is retried once a second, not on every call.
+
+    Use it as an async context manager (or call :meth:`aclose`) to close the connection pool.
+    ``redis.asyncio`` is asyncio-only: the fleet primitives run on asyncio and uvloop, not trio.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        client: redis_asyncio.Redis | None = None,
+        namespace: str = "dwcp",
+        instance: str | None = None,
+        timeout: float = 0.25,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self._namespace = check_name(namespace, "namespace")
+        self._instance = check_name(instance, "instance") if instance is not None else None
+        self._timeout = check_number(timeout, "timeout", min_value=0, allow_zero=False)
+        if client is None:
+            client = redis_asyncio.Redis.from_url(
+                url,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+                retry=Retry(NoBackoff(), 0),
+                retry_on_timeout=False,
+            )
+            self._owns_client = True
+        else:
+            self._owns_client = False
+        self._client = client
+        self._guard = breaker or CircuitBreaker(
+            f"redis:{self._namespace}",
+            max_failures=3,
+            reset_timeout=1.0,
+            half_open_successes=1,
+            failure=UNAVAILABLE,
+            timeout=self._timeout,
+        )
+
+    @property
+    def client(self) -> redis_asyncio.Redis:
+        """The underlying ``redis.asyncio.Redis`` (unguarded: prefer :meth:`run`)."""
+        return self._client
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The guard breaker: open while Redis is considered down."""
+        return self._guard
+
+    @property
+    def namespace(self) -> str:
+        """The prefix of every key."""
+        return self._namespace
+
+    @property
+    def instance(self) -> str:
+        """This process' identity in shared state."""
+        if self._instance is None:
+            self._instance = _default_instance()
+        return self._instance
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a single Redis call may take."""
+        return self._timeout
+
+    def key(self, kind: str, name: str, *parts: str) -> str:
+        """``<namespace>:<kind>:<name>[:part...]``, the key layout of every fleet primitive."""
+        return ":".join((self._namespace, kind, name, *parts))
+
+    def register_script(self, source: str) -> Any:
+        """A Lua script run by SHA (``EVALSHA``, loading it again after a Redis restart)."""
+        return self._client.register_script(source)
+
+    async def run(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one Redis call under the guard.
+
+        Raises:
+            BackendUnavailable: Redis is down or slow, or the guard breaker is open (no call made).
+        """
+        try:
+            return await self._guard.call(fn, *args, **kwargs)
+        except _CAUGHT as exc:
+            raise BackendUnavailable(f"redis unavailable: {exc!r}") from exc
+
+    async def ping(self) -> bool:
+        """True when Redis answers a PING through the guard."""
+        try:
+            await self.run(self._client.ping)
+        except BackendUnavailable:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """Close the connection pool (only when this backend created the client)."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> RedisBackend:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return (
+            f"<RedisBackend namespace={self._namespace!r} guard={self._guard.state.name.lower()}>"
+        )
+
+
+class FallbackTracker:
+    """Whether one fleet primitive is on shared or local state, with an event per change.
+
+    :meth:`failed` after a :class:`BackendUnavailable`, :meth:`succeeded` after a Redis call that
+    worked; only the changes between the two modes emit events.
+    """
+
+    __slots__ = ("_clock", "_down_since", "_listeners", "_name", "fallbacks")
+
+    def __init__(
+        self,
+        name: str,
+        listeners: Listeners[Event] | Iterable[Callable[[Event], None]] = (),
+        clock: Clock | None = None,
+    ) -> None:
+        self._name = name
+        self._listeners: Listeners[Event] = (
+            listeners if isinstance(listeners, Listeners) else Listeners(listeners)
+        )
+        self._clock = clock or loop_time
+        self._down_since: float | None = None
+        #: how many times this primitive has fallen back to local state.
+        self.fallbacks = 0
+
+    @property
+    def shared(self) -> bool:
+        """True while the primitive uses shared (Redis) state."""
+        return self._down_since is None
+
+    def failed(self, exc: BaseException) -> None:
+        """A Redis call failed: switch to local state (one :class:`FleetFallback` per outage)."""
+        if self._down_since is not None:
+            return
+        now = self._clock()
+        self._down_since = now
+        self.fallbacks += 1
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        if self._listeners:
+            self._listeners.emit(FleetFallback(self._name, now, repr(cause)))
+
+    def succeeded(self) -> None:
+        """A Redis call worked: back on shared state (one :class:`FleetRestored`)."""
+        since = self._down_since
+        if since is None:
+            return
+        now = self._clock()
+        self._down_since = None
+        if self._listeners:
+            self._listeners.emit(FleetRestored(self._name, now, now - since))

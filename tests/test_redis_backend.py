@@ -1,0 +1,130 @@
+"""RedisBackend and FallbackTracker against a real redis-server on loopback."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from redis.exceptions import ResponseError
+from redis_server import RedisServer
+
+from dwcp_resilience import BreakerState, CircuitBreaker, Event
+from dwcp_resilience.redis import (
+    BackendUnavailable,
+    FallbackTracker,
+    FleetFallback,
+    FleetRestored,
+    RedisBackend,
+)
+from dwcp_resilience.testing import FakeClock, RecordingListener
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+
+async def test_run_reaches_redis_and_keys_are_namespaced(
+    anyio_backend: Any, redis_url: str
+) -> None:
+    async with RedisBackend(redis_url, namespace="fleet-a", instance="node-1") as backend:
+        assert await backend.ping()
+        key = backend.key("limiter", "api", "tat")
+        assert key == "fleet-a:limiter:api:tat"
+        await backend.run(backend.client.set, key, b"1", px=5_000)
+        assert await backend.run(backend.client.get, key) == b"1"
+        assert 0 < await backend.client.pttl(key) <= 5_000
+        assert backend.instance == "node-1"
+        assert "fleet-a" in repr(backend) and "closed" in repr(backend)
+
+
+async def test_default_instance_is_unique_per_backend(anyio_backend: Any, redis_url: str) -> None:
+    async with RedisBackend(redis_url) as one, RedisBackend(redis_url) as two:
+        assert one.instance != two.instance
+        assert one.instance == one.instance  # stable once drawn
+
+
+async def test_script_errors_propagate_and_do_not_trip_the_guard(
+    anyio_backend: Any, redis_url: str
+) -> None:
+    async with RedisBackend(redis_url) as backend:
+        broken = backend.register_script("return redis.call('NOSUCHCOMMAND')")
+        for _ in range(5):
+            with pytest.raises(ResponseError):
+                await backend.run(broken, keys=[], args=[])
+        assert backend.breaker.state is BreakerState.CLOSED
+        script = backend.register_script("return tonumber(ARGV[1]) + 1")
+        assert await backend.run(script, keys=[], args=[41]) == 42
+
+
+async def test_dead_redis_is_unavailable_then_fails_fast_then_recovers(anyio_backend: Any) -> None:
+    with RedisServer() as server:
+        guard = CircuitBreaker(
+            "guard", max_failures=2, reset_timeout=0.3, half_open_successes=1, timeout=0.2
+        )
+        async with RedisBackend(server.url, timeout=0.2, breaker=guard) as backend:
+            assert await backend.ping()
+            server.stop()
+            for _ in range(2):
+                with pytest.raises(BackendUnavailable) as failed:
+                    await backend.run(backend.client.ping)
+                assert failed.value.__cause__ is not None
+            assert guard.state is BreakerState.OPEN
+            started = time.monotonic()
+            for _ in range(100):  # the guard answers: no connect attempt per call
+                assert not await backend.ping()
+            assert guard.statistics().rejected >= 100
+            assert time.monotonic() - started < 5.0  # sanity bound, not a benchmark
+            server.start()
+            deadline = time.monotonic() + 5.0
+            while not await backend.ping():
+                assert time.monotonic() < deadline, "never reconnected"
+                await _sleep(0.05)
+            assert guard.statistics().state is BreakerState.CLOSED
+
+
+async def _sleep(seconds: float) -> None:
+    import anyio
+
+    await anyio.sleep(seconds)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"namespace": ""}, ValueError),
+        ({"namespace": 3}, TypeError),
+        ({"instance": ""}, ValueError),
+        ({"timeout": 0}, ValueError),
+        ({"timeout": -1.0}, ValueError),
+        ({"timeout": float("nan")}, ValueError),
+        ({"timeout": float("inf")}, ValueError),
+        ({"timeout": "1"}, TypeError),
+    ],
+)
+def test_bad_config_is_refused(kwargs: dict[str, Any], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        RedisBackend("redis://127.0.0.1:1/0", **kwargs)
+
+
+def test_fallback_tracker_emits_one_event_per_change() -> None:
+    clock = FakeClock()
+    recorder: RecordingListener[Event] = RecordingListener()
+    tracker = FallbackTracker("limiter:api", [recorder], clock=clock)
+    assert tracker.shared
+    tracker.succeeded()
+    cause = ConnectionError("refused")
+    try:
+        raise BackendUnavailable("down") from cause
+    except BackendUnavailable as exc:
+        for _ in range(3):
+            tracker.failed(exc)
+    assert not tracker.shared and tracker.fallbacks == 1
+    clock.advance(2.5)
+    tracker.succeeded()
+    tracker.succeeded()
+    assert tracker.shared
+    events = recorder.events
+    assert [type(e) for e in events] == [FleetFallback, FleetRestored]
+    fallback, restored = events
+    assert isinstance(fallback, FleetFallback) and "refused" in fallback.reason
+    assert isinstance(restored, FleetRestored) and restored.down_for == pytest.approx(2.5)
+    assert fallback.policy == restored.policy == "limiter:api"
