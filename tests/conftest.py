@@ -13,13 +13,15 @@ sleep for long stretches (they then run on asyncio and trio only).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import looptime
 import pytest
 import trio.testing
 import uvloop
-from redis_server import RedisServer
+
+if TYPE_CHECKING:
+    from dwcp_resilience.redis.server import RedisServer
 
 BACKENDS = [
     pytest.param(("asyncio", {"loop_factory": looptime.new_event_loop}), id="asyncio"),
@@ -65,6 +67,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One real redis-server on a free loopback port for the whole session."""
+    from dwcp_resilience.redis.server import RedisServer
+
     with RedisServer() as server:
         yield server
 

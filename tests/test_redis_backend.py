@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from redis.exceptions import ResponseError
-from redis_server import RedisServer
 
 from dwcp_resilience import BreakerState, CircuitBreaker, Event
 from dwcp_resilience.redis import (
@@ -17,6 +16,7 @@ from dwcp_resilience.redis import (
     FleetRestored,
     RedisBackend,
 )
+from dwcp_resilience.redis.server import RedisServer
 from dwcp_resilience.testing import FakeClock, RecordingListener
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]

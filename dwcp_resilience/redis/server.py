@@ -1,8 +1,8 @@
-"""A real ``redis-server`` on a free loopback port, started and stopped by the tests themselves.
+"""A throwaway ``redis-server`` on a free loopback port, for tests and benchmarks.
 
-:class:`RedisServer` runs Debian's ``redis-server`` with no persistence, bound to 127.0.0.1 only.
-``stop()`` kills it (as an outage would) and ``start()`` brings it back on the same port, which is
-how the fallback tests take Redis away mid-run.
+:class:`RedisServer` runs the ``redis-server`` binary (Debian's package ``redis-server``) with no
+persistence, bound to 127.0.0.1 only. ``stop()`` kills it (as an outage would) and ``start()`` brings
+it back on the same port, which is how the fallback tests take Redis away mid-run.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
+__all__ = ("RedisServer", "free_port")
+
 REDIS_SERVER = shutil.which("redis-server")
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -25,7 +28,11 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One ``redis-server`` process on 127.0.0.1:``port``."""
+    """One ``redis-server`` process on 127.0.0.1:``port`` (a free one by default).
+
+    Use it as a context manager (start, then stop and remove its directory), or call :meth:`start`,
+    :meth:`stop` (SIGKILL), :meth:`restart` and :meth:`close` yourself.
+    """
 
     def __init__(self, port: int | None = None) -> None:
         if REDIS_SERVER is None:
@@ -36,13 +43,16 @@ class RedisServer:
 
     @property
     def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
     def running(self) -> bool:
+        """True while the server process is alive."""
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 10.0) -> None:
+        """Start the server (if it is not running) and wait until it answers PING."""
         if self.running:
             return
         args = [
@@ -87,14 +97,17 @@ class RedisServer:
             proc.wait(10)
 
     def restart(self) -> None:
+        """Kill the server and start it again on the same port (its data is gone)."""
         self.stop()
         self.start()
 
     def log(self) -> str:
+        """The end of the server's log file."""
         path = Path(self._dir.name, "redis.log")
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
     def close(self) -> None:
+        """Stop the server and remove its directory."""
         self.stop()
         self._dir.cleanup()
 
