@@ -28,7 +28,7 @@ from anyio.abc import SocketAttribute
 
 from ..core.clock import loop_time
 from ..core.validate import check_int, check_name, check_number
-from ._service import BackgroundService
+from ._service import BackgroundService, accept_forever
 from .errors import ErrorCode, ProtocolError, UnexpectedFrame
 from .mailbox import Mailboxes, StoreResult
 from .protocol import (
@@ -83,6 +83,7 @@ class PeerStatistics:
     leases: int
     protocol_errors: int
     connection_errors: int
+    accept_errors: int
     buffered_bytes: int
     known_peers: int
 
@@ -168,6 +169,7 @@ class DWCPPeer(BackgroundService):
         self._port: int | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._total = self._rejected = self._protocol_errors = self._connection_errors = 0
+        self._accept_errors = 0
         self._frames_in = self._frames_out = self._bytes_in = self._bytes_out = 0
 
     # -- reading -------------------------------------------------------------------------------------
@@ -219,6 +221,7 @@ class DWCPPeer(BackgroundService):
             mail.leases,
             self._protocol_errors,
             self._connection_errors,
+            self._accept_errors,
             sum(c.decoder.buffered for c in self._conns.values()),
             len(self._known),
         )
@@ -244,9 +247,18 @@ class DWCPPeer(BackgroundService):
             tg.start_soon(self._watchdog)
             task_status.started(self._port)
             try:
-                await listener.serve(self._handle, task_group=tg)
+                await accept_forever(
+                    listener,
+                    self._handle,
+                    tg,
+                    name=f"peer {self.node_id!r}",
+                    on_capacity_error=self._on_accept_error,
+                )
             finally:
                 self._port = None
+
+    def _on_accept_error(self, exc: OSError) -> None:
+        self._accept_errors += 1
 
     async def _watchdog(self) -> None:
         """One task closes the connections that sat too long in a read or a send."""

@@ -32,7 +32,7 @@ from anyio.abc import SocketAttribute
 
 from ..core.clock import loop_time
 from ..core.validate import check_int, check_name, check_number
-from ._service import BackgroundService
+from ._service import BackgroundService, accept_forever
 from .faults import (
     FAULT_TYPES,
     Bandwidth,
@@ -180,13 +180,13 @@ class ChaosProxy(BackgroundService):
         listener = await anyio.create_tcp_listener(
             local_host=self.listen_host, local_port=self._listen_port
         )
-        async with listener:
+        async with listener, anyio.create_task_group() as tg:
             self._port = listener.extra(SocketAttribute.local_port)
             if self._started_at is None:
                 self._started_at = loop_time()
             task_status.started(self._port)
             try:
-                await listener.serve(self._handle)
+                await accept_forever(listener, self._handle, tg, name="chaos proxy")
             finally:
                 self._port = None
 
