@@ -415,6 +415,15 @@ async def floor_make(op: Op) -> Call:  # the floor never calls op
     return _catching(raising, _Floor)
 
 
+async def floor_circuit_open_make(op: Op) -> Call:  # never calls op either
+    new = BaseException.__new__
+
+    async def raising() -> None:
+        raise new(CircuitOpen, "bench", 1.0)  # what @breaker raises, built the same way
+
+    return _catching(raising, CircuitOpen)
+
+
 async def frame_make(op: Op) -> Call:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         return await op(*args, **kwargs)
@@ -470,6 +479,10 @@ CASES = [
             _row("purgatory (decorator, in-memory; N pinned at 50k)", _peer_open_row("purgatory")),
             _row("pybreaker (sync calling() CM around await)", _peer_open_row("pybreaker")),
             Contender("floor: async fn raising a new exception, caught", floor_make),
+            Contender(
+                "floor: async fn raising a new CircuitOpen(name, retry_after), caught",
+                floor_circuit_open_make,
+            ),
         ],
     ),
 ]
