@@ -46,8 +46,9 @@ typecheck: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m dwcp_resilience demo
 
-## make bench: every bench case, ours next to the peers, asyncio and uvloop
-bench: $(BENCH_STAMP)
+## make bench: every bench case, ours next to the peers, asyncio and uvloop (the Redis case starts
+## its own redis-server on a free loopback port)
+bench: $(BENCH_STAMP) sysdeps
 	mkdir -p bench/results
 	$(PY) -m bench --out bench/results/latest.md
 
