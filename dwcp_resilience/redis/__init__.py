@@ -15,6 +15,7 @@ from ._backend import (
     FleetRestored,
     RedisBackend,
 )
+from .limiter import RedisRateLimiter, RedisRateLimiterStatistics
 
 __all__ = (
     "BackendUnavailable",
@@ -22,4 +23,6 @@ __all__ = (
     "FleetFallback",
     "FleetRestored",
     "RedisBackend",
+    "RedisRateLimiter",
+    "RedisRateLimiterStatistics",
 )
