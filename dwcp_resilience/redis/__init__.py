@@ -15,11 +15,19 @@ from ._backend import (
     FleetRestored,
     RedisBackend,
 )
+from .breaker import FleetBreaker, FleetBreakerFollowed, FleetBreakerStatistics
+from .budget import FleetBudgetSnapshot, FleetBudgetStatistics, FleetErrorBudget
 from .limiter import RedisRateLimiter, RedisRateLimiterStatistics
 
 __all__ = (
     "BackendUnavailable",
     "FallbackTracker",
+    "FleetBreaker",
+    "FleetBreakerFollowed",
+    "FleetBreakerStatistics",
+    "FleetBudgetSnapshot",
+    "FleetBudgetStatistics",
+    "FleetErrorBudget",
     "FleetFallback",
     "FleetRestored",
     "RedisBackend",
