@@ -2,9 +2,11 @@
 
 - ``asyncio``: a looptime loop, so sleeps and timeouts run in virtual time;
 - ``trio``: ``MockClock(autojump_threshold=0)``, virtual time as well;
-- ``uvloop``: real time (looptime cannot patch uvloop), for tests marked ``real_time_ok``
-  or that do not depend on virtual time; virtual-time-only tests skip it via the ``virtual_time``
-  marker.
+- ``uvloop``: real time (looptime cannot patch uvloop); virtual-time-only tests skip it via the
+  ``virtual_time`` marker.
+
+Tests marked ``real_time`` (real sockets, threads, processes) run on all three in real time; tests
+marked ``redis`` run on asyncio and uvloop in real time (``redis.asyncio`` has no trio support).
 
 Use ``pytestmark = pytest.mark.anyio`` in a module, plus ``@pytest.mark.virtual_time`` on tests that
 sleep for long stretches (they then run on asyncio and trio only).
@@ -41,6 +43,9 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
         if name == "trio":
             pytest.skip("redis.asyncio does not run on trio")
         return name, {} if not is_uvloop else dict(options)
+    if request.node.get_closest_marker("real_time") is not None:
+        # Real sockets, threads or processes: every backend in real time (no virtual clock).
+        return name, {} if not is_uvloop else dict(options)
     if name == "trio":
         # A fresh MockClock per test: virtual time starts from zero every time.
         return name, {"clock": trio.testing.MockClock(autojump_threshold=0)}
@@ -61,6 +66,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: a longer test (still run in CI)")
     config.addinivalue_line(
         "markers", "redis: needs the real redis-server (asyncio and uvloop, real time; no trio)"
+    )
+    config.addinivalue_line(
+        "markers", "real_time: real sockets, threads or processes (every backend, real time)"
     )
 
 

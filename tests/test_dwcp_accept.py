@@ -8,7 +8,6 @@ tiny, fills it with connections, and checks that the peer serves again once they
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import resource
 import subprocess
@@ -19,26 +18,12 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
-import uvloop
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from dwcp_resilience.dwcp._service import accept_forever
 from dwcp_resilience.dwcp.transport import DWCPConnection
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"loop_factory": asyncio.new_event_loop}), id="asyncio"),
-        pytest.param(("trio", {}), id="trio"),
-        pytest.param(("asyncio", {"loop_factory": uvloop.new_event_loop}), id="uvloop"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    """Real time on every backend (the retry delay is a real sleep of 0.1 s)."""
-    name, options = request.param
-    return name, dict(options)
+pytestmark = [pytest.mark.anyio, pytest.mark.real_time, pytest.mark.timeout(60)]
 
 
 class ScriptedListener:

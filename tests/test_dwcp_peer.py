@@ -6,7 +6,6 @@ serving another client, and its connection count and buffers go back to baseline
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +15,6 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
-import uvloop
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -38,23 +36,10 @@ from dwcp_resilience.dwcp.protocol import (
 )
 from dwcp_resilience.dwcp.transport import DWCPConnection
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+pytestmark = [pytest.mark.anyio, pytest.mark.real_time, pytest.mark.timeout(30)]
 
 ID = bytes(range(16))
 NO_ID = bytes(16)
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"loop_factory": asyncio.new_event_loop}), id="asyncio"),
-        pytest.param(("trio", {}), id="trio"),
-        pytest.param(("asyncio", {"loop_factory": uvloop.new_event_loop}), id="uvloop"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    """Network tests run in real time on every backend (no virtual clock: real sockets)."""
-    name, options = request.param
-    return name, dict(options)
 
 
 def header(type_: int, length: int, *, version: int = 1) -> bytes:

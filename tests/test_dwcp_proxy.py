@@ -3,7 +3,6 @@ real time, asyncio, trio and uvloop), on a schedule and at runtime."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +11,6 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
-import uvloop
 
 from dwcp_resilience.dwcp.errors import (
     ConnectionClosed,
@@ -27,23 +25,10 @@ from dwcp_resilience.dwcp.protocol import Frame, FrameDecoder, MessageType, enco
 from dwcp_resilience.dwcp.proxy import ChaosProxy
 from dwcp_resilience.dwcp.transport import DWCPConnection
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+pytestmark = [pytest.mark.anyio, pytest.mark.real_time, pytest.mark.timeout(30)]
 
 ID = bytes(range(16))
 BROKEN = (ConnectionLost, IncompleteFrame)  # what a cut connection looks like to the client
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"loop_factory": asyncio.new_event_loop}), id="asyncio"),
-        pytest.param(("trio", {}), id="trio"),
-        pytest.param(("asyncio", {"loop_factory": uvloop.new_event_loop}), id="uvloop"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    """Network tests run in real time on every backend (no virtual clock: real sockets)."""
-    name, options = request.param
-    return name, dict(options)
 
 
 @asynccontextmanager

@@ -3,19 +3,16 @@ typed errors, no partial frame returned, pipelining by message id, cancellation 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 import anyio.abc
 import pytest
-import uvloop
 
 from dwcp_resilience.dwcp.errors import (
     BadMagic,
@@ -39,23 +36,10 @@ from dwcp_resilience.dwcp.protocol import (
 )
 from dwcp_resilience.dwcp.transport import DWCPConnection
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+pytestmark = [pytest.mark.anyio, pytest.mark.real_time, pytest.mark.timeout(30)]
 
 Handler = Callable[[anyio.abc.SocketStream], Awaitable[None]]
 NO_ID = bytes(16)
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"loop_factory": asyncio.new_event_loop}), id="asyncio"),
-        pytest.param(("trio", {}), id="trio"),
-        pytest.param(("asyncio", {"loop_factory": uvloop.new_event_loop}), id="uvloop"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    """Network tests run in real time on every backend (no virtual clock: real sockets)."""
-    name, options = request.param
-    return name, dict(options)
 
 
 @asynccontextmanager
