@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
+from .core._fused import WAIT, admission_of, fuse
 from .core.clock import Clock, loop_time
 from .core.context import OperationContext, _current, _deadline
 from .core.errors import Rejected
@@ -171,6 +172,7 @@ class _Stack:
         "_counts",
         "_deadline",
         "_deadline_timeout",
+        "_head",
         "_latency",
         "_measure",
         "_outer",
@@ -183,7 +185,13 @@ class _Stack:
         self.components = components
         self._counts = counts
         self._clock = clock
-        calls = [policy.call for _, policy in components.layers()]
+        # Consecutive admission policies (breaker > limiter) run fused in one frame; a lone one
+        # outermost (the bulkhead) is entered by `run` itself, in the frame it has anyway.
+        policies = [policy for _, policy in components.layers()]
+        head = admission_of(policies[0]) if policies else None
+        self._head = head
+        layers = fuse(policies[1:] if head is not None else policies)
+        calls = [policy.call for policy in layers]
         self._outer: Callable[..., Awaitable[Any]] | None = calls[0] if calls else None
         self._chain = tuple(calls[1:])
         self._deadline = components.deadline
@@ -196,10 +204,26 @@ class _Stack:
         self._budget_shares_clock = components.budget_shares_clock
 
     async def _inner(self, ctx: OperationContext, op: Operation[T]) -> T:
+        """The stack inside the deadline scope (the head admission entered here, as in `run`)."""
+        head = self._head
         outer = self._outer
-        if outer is None:
-            return await op(ctx)
-        result: T = await outer(*self._chain, op, ctx)
+        if head is None:
+            if outer is None:
+                return await op(ctx)
+            result: T = await outer(*self._chain, op, ctx)
+            return result
+        enter, wait, exit_, _, _ = head
+        ticket = enter()
+        if ticket is WAIT:
+            ticket = await wait()
+        try:
+            result = await (op(ctx) if outer is None else outer(*self._chain, op, ctx))
+        except BaseException as exc:
+            if exit_ is not None:
+                exit_(ticket, exc, None)
+            raise
+        if exit_ is not None:
+            exit_(ticket, None, result)
         return result
 
     async def run(self, ctx: OperationContext, op: Operation[T]) -> T:
@@ -221,12 +245,26 @@ class _Stack:
                     result = await self._deadline_timeout.call(self._inner, ctx, op)
                 finally:
                     _deadline.reset(deadline_token)
-            else:
+            elif (head := self._head) is None:
                 outer = self._outer
                 if outer is None:
                     result = await op(ctx)
                 else:
                     result = await outer(*self._chain, op, ctx)
+            else:  # `_inner`, inlined: the head admission (the bulkhead) adds no frame
+                enter, wait, exit_, _, _ = head
+                ticket = enter()
+                if ticket is WAIT:
+                    ticket = await wait()
+                outer = self._outer
+                try:
+                    result = await (op(ctx) if outer is None else outer(*self._chain, op, ctx))
+                except BaseException as exc:
+                    if exit_ is not None:
+                        exit_(ticket, exc, None)
+                    raise
+                if exit_ is not None:
+                    exit_(ticket, None, result)
         except Rejected:
             counts.rejected += 1
             if self._budget is not None:

@@ -15,13 +15,14 @@ proves the row does its job with a tight configuration: a limiter admits its bur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from typing import Any
 
 import anyio
 
-from dwcp_resilience import BulkheadFull, RateLimited
+from dwcp_resilience import BulkheadFull, CircuitOpen, Pipeline, RateLimited
 from dwcp_resilience.policies.bulkhead import Bulkhead
 from dwcp_resilience.policies.ratelimit import RateLimiter
 
@@ -319,11 +320,53 @@ def _breaker() -> Any:
 
 
 async def ours_pair_make(op: Op) -> Call:
+    """The pair as a user writes it: ``Pipeline(breaker, limiter)``, fused into one frame."""
+    breaker = _breaker()
+    limiter = RateLimiter("bench", rate=RATE, burst=BURST)
+    if breaker is None:
+        return functools.partial(limiter.call, op)
+    return functools.partial(Pipeline(breaker, limiter, name="bench").call, op)
+
+
+async def ours_pair_chained_make(op: Op) -> Call:
+    """The pair chained by hand, unfused: the breaker's frame awaits ``limiter.call(op)``."""
     breaker = _breaker()
     limiter = RateLimiter("bench", rate=RATE, burst=BURST)
     if breaker is None:
         return functools.partial(limiter.call, op)
     return functools.partial(breaker.call, limiter.call, op)
+
+
+async def ours_pair_verify() -> None:
+    """The fused pair admits through both, refuses past the burst, and the breaker still trips."""
+    from dwcp_resilience.policies.breaker import CircuitBreaker
+
+    breaker = CircuitBreaker("verify", max_failures=2, reset_timeout=3600.0)
+    limiter = RateLimiter("verify", rate=1, burst=3, max_wait=0)
+    pair = Pipeline(breaker, limiter, name="verify")
+    for _ in range(3):
+        await pair.call(asyncio.sleep, 0)
+    try:
+        await pair.call(asyncio.sleep, 0)
+    except RateLimited:
+        pass
+    else:
+        raise AssertionError("fused pair admitted past the burst")
+    stats = breaker.statistics()
+    assert stats.successes == 3 and stats.ignored == 1 and stats.failures == 0, stats
+
+    async def fail() -> None:
+        raise ConnectionError
+
+    roomy = Pipeline(breaker, RateLimiter("roomy", rate=RATE, burst=BURST), name="roomy")
+    for _ in range(2):
+        with contextlib.suppress(ConnectionError):
+            await roomy.call(fail)
+    try:
+        await roomy.call(asyncio.sleep, 0)
+    except CircuitOpen:
+        return
+    raise AssertionError("fused breaker did not trip")
 
 
 async def ours_limiter_only_make(op: Op) -> Call:
@@ -345,11 +388,7 @@ async def hyx_pair_make(op: Op) -> Call:
     return wrapped
 
 
-_PAIR_NAME = (
-    "dwcp_resilience CircuitBreaker.call > RateLimiter.call"
-    if _breaker() is not None
-    else "dwcp_resilience RateLimiter.call (no breaker yet)"
-)
+_PAIR_NAME = "dwcp_resilience Pipeline(CircuitBreaker, RateLimiter).call (fused)"
 
 CASES = [
     Case(
@@ -411,7 +450,12 @@ CASES = [
         op=yielding_op,
         measure=measure_contended,
         contenders=[
-            Contender(_PAIR_NAME, ours_pair_make, ours=True),
+            Contender(_PAIR_NAME, ours_pair_make, ours_pair_verify, ours=True),
+            Contender(
+                "dwcp_resilience CircuitBreaker.call > RateLimiter.call (hand-chained)",
+                ours_pair_chained_make,
+                ours=True,
+            ),
             Contender("dwcp_resilience RateLimiter.call", ours_limiter_only_make, ours=True),
             Contender("dwcp_resilience Bulkhead.call", ours_bulkhead_make, ours=True),
             Contender("hyx consecutive_breaker + tokenbucket", hyx_pair_make),

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
+from ._fused import fuse
 from .validate import check_name
 
 __all__ = ("Pipeline", "Policy", "PolicyBase", "TaskLocalStack")
@@ -92,14 +93,25 @@ class Pipeline(PolicyBase):
     """Policies composed into one, ``policies[0]`` outermost.
 
     ``Pipeline(retry, breaker, timeout).call(fn)`` runs ``retry.call(breaker.call, timeout.call, fn)``:
-    no closure is built per call, and each policy sees the call exactly as if it wrapped the next one
-    by hand.
+    no closure is built per call, the pipeline adds no coroutine frame of its own, and each policy
+    sees the call exactly as if it wrapped the next one by hand.
+
+    Consecutive admission policies (a :class:`~dwcp_resilience.CircuitBreaker` without a per-call
+    ``timeout``, a :class:`~dwcp_resilience.RateLimiter`, a :class:`~dwcp_resilience.Bulkhead`) are
+    fused: ``Pipeline(breaker, limiter).call(fn)`` admits through both, awaits ``fn`` and records
+    the outcome in one frame (a frame costs on every suspension of the callee), with the same
+    semantics as the unfused chain: the same order, the breaker sees the limiter's ``RateLimited``
+    and a cancelled wait as neutral outcomes, a queued limiter or bulkhead waits first in, first out,
+    and whatever was admitted is released exactly once. See :mod:`dwcp_resilience.core._fused`.
+
+    ``call`` returns the outermost layer's awaitable without awaiting it; await it at once (a
+    :class:`~dwcp_resilience.RateLimiter` outermost takes its token when ``call`` is called).
 
     Raises:
         TypeError: if an element has no ``call`` method.
     """
 
-    __slots__ = ("_call", "_chain", "_name", "policies")
+    __slots__ = ("__dict__", "_call", "_chain", "_name", "layers", "policies")
 
     def __init__(self, *policies: Policy, name: str = "pipeline") -> None:
         self._name = check_name(name)
@@ -107,20 +119,36 @@ class Pipeline(PolicyBase):
             if not callable(getattr(policy, "call", None)):
                 raise TypeError(f"Pipeline element {policy!r} is not a policy (no .call)")
         self.policies: tuple[Policy, ...] = policies
-        calls: list[Callable[..., Awaitable[Any]]] = [p.call for p in policies]
-        self._call: Callable[..., Awaitable[Any]] | None = calls[0] if calls else None
+        #: What runs, outermost first: the policies, with each run of fusable ones as one layer.
+        self.layers: tuple[Policy, ...] = tuple(fuse(policies))
+        calls: list[Callable[..., Awaitable[Any]]] = [p.call for p in self.layers]
+        self._call: Callable[..., Awaitable[Any]] = calls[0] if calls else _direct
         self._chain: tuple[Callable[..., Awaitable[Any]], ...] = tuple(calls[1:])
+        # The hot path: `pipeline.call` finds this C-level partial in the instance dict before the
+        # method below (which documents it), so a pipeline adds no Python call of its own; a
+        # single fused layer is called directly.
+        self.__dict__["call"] = (
+            functools.partial(self._call, *self._chain) if self._chain else self._call
+        )
 
     @property
     def name(self) -> str:
         return self._name
 
-    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        outer = self._call
-        if outer is None:
-            return await fn(*args, **kwargs)
-        return cast(T, await outer(*self._chain, fn, *args, **kwargs))
+    def call(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, T]:
+        """Run ``fn(*args, **kwargs)`` through every policy (use it as ``await pipeline.call(...)``).
+
+        (Instances answer ``pipeline.call`` with an equivalent precomputed callable, see
+        ``__init__``; this method is what it does.)
+        """
+        return cast(Coroutine[Any, Any, T], self._call(*self._chain, fn, *args, **kwargs))
 
     def __repr__(self) -> str:
         inner = " > ".join(getattr(p, "name", type(p).__name__) for p in self.policies)
         return f"<Pipeline {self._name!r}: {inner or 'empty'}>"
+
+
+async def _direct(fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+    return await fn(*args, **kwargs)

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import Any, ParamSpec, TypeVar
 
+from ..core._fused import Admission
 from ..core.clock import Clock, loop_time
 from ..core.context import current_deadline
 from ..core.errors import CircuitOpen, DeadlineExceeded
@@ -59,6 +60,7 @@ from ..core.events import Event, Listeners
 from ..core.outcome import Classifier, ExceptionMatcher, Outcome, ResultPredicate
 from ..core.policy import PolicyBase, TaskLocalStack
 from ..core.validate import check_name, check_number
+from ._admission import breaker_admission
 from .breaker_core import (
     CLOCK_SLACK,
     CLOSED,
@@ -559,6 +561,14 @@ class CircuitBreaker(PolicyBase):
         core = self._core
         core.admit_late()
         core.stale += 1
+
+    def _admission(self) -> Admission | None:
+        """This breaker's fusable admission (see :mod:`~dwcp_resilience.core._fused`), or
+        ``None`` with a per-call ``timeout`` (its cancel scope needs a frame) or an overridden
+        ``call``."""
+        if self._timeout is not None or type(self).call is not CircuitBreaker.call:
+            return None
+        return breaker_admission(self)
 
     # -- the three idioms --------------------------------------------------------------------------
 

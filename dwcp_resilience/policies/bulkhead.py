@@ -33,10 +33,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
+from ..core._fused import Admission
 from ..core.clock import Clock, loop_time
 from ..core.errors import BulkheadFull
 from ..core.policy import PolicyBase
 from ..core.validate import check_name, check_number
+from ._admission import bulkhead_admission
 from ._park import park, wake
 from .bulkhead_core import WAITING, BulkheadCore
 
@@ -211,6 +213,13 @@ class Bulkhead(BulkheadCore, PolicyBase):
                 wake(handed)
         else:
             self._free += 1
+
+    def _admission(self) -> Admission | None:
+        """This bulkhead's fusable admission (see :mod:`~dwcp_resilience.core._fused`), or
+        ``None`` for a subclass with its own ``call``."""
+        if type(self).call is not Bulkhead.call:
+            return None
+        return bulkhead_admission(self)
 
     # -- the three idioms ------------------------------------------------------------------------
 

@@ -43,11 +43,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
+from ..core._fused import Admission
 from ..core.clock import Clock, loop_time
 from ..core.context import _deadline
 from ..core.errors import RateLimited
 from ..core.policy import PolicyBase
 from ..core.validate import check_name, check_number
+from ._admission import limiter_admission
 from ._park import park, wake
 from .ratelimit_core import DONE, QUEUED, REJECTED, Ticket, TokenBucket
 
@@ -292,6 +294,13 @@ class RateLimiter(TokenBucket, PolicyBase):
         head = self.head()
         if head is not None and head is not current:
             wake(head)  # the (new) head takes the timer over
+
+    def _admission(self) -> Admission | None:
+        """This limiter's fusable admission (see :mod:`~dwcp_resilience.core._fused`), or
+        ``None`` for a subclass with its own ``call``."""
+        if type(self).call is not RateLimiter.call:
+            return None
+        return limiter_admission(self)
 
     # -- the three idioms ------------------------------------------------------------------------
 

@@ -1,0 +1,199 @@
+"""The admissions (see :mod:`dwcp_resilience.core._fused`) of the breaker, limiter and bulkhead.
+
+Each builder returns closures over one policy instance, so the fused frame reaches the policy's
+state through cell variables instead of attribute lookups on ``self``. Each ``enter`` is the fast path
+of the policy's own ``call`` (kept in step with it), and falls back to the same general code: the
+breaker's ``_begin``/``_end``/``_record_exception``, the limiter's FIFO ``_wait``, the bulkhead's
+queue ``_wait`` and ``_release``. The policy modules call these builders from ``_admission()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..core._fused import WAIT, Admission
+from .breaker_core import CLOCK_SLACK, CLOSED, ROUTE_OPEN
+
+if TYPE_CHECKING:
+    from .breaker import CircuitBreaker
+    from .bulkhead import Bulkhead
+    from .ratelimit import RateLimiter
+
+T = TypeVar("T")
+
+__all__ = ()  # private: reached through each policy's _admission()
+
+
+async def _never_wait() -> object:  # pragma: no cover - the breaker's enter never returns WAIT
+    raise AssertionError("the breaker never waits to admit")
+
+
+def breaker_admission(breaker: CircuitBreaker) -> Admission:
+    """The breaker's admission; its tickets are the epoch (fast CLOSED path) or ``(ticket, start)``.
+
+    The caller checks fusability first (no per-call timeout, ``call`` not overridden).
+    """
+    from .breaker import _circuit_open, _clock_get, _resolve_clock  # noqa: PLC0415 - no cycle
+
+    core = breaker._core
+    name = breaker._name
+    begin, end, record_exception = breaker._begin, breaker._end, breaker._record_exception
+    fast_exception, fast_stale = breaker._fast_exception, breaker._fast_stale
+
+    def enter() -> object:
+        epoch = core.route
+        if epoch >= 0:  # CLOSED, consecutive mode: no clock, no allocation
+            return epoch
+        if epoch == ROUTE_OPEN:  # one clock read, one fresh exception
+            clock = breaker._clock
+            now = (_clock_get(None) or _resolve_clock())() if clock is None else clock()
+            until = core.reject_until
+            if now < until:
+                core.rejected += 1
+                if breaker._emit_rejections:
+                    breaker._emit_rejected(now, until - now + CLOCK_SLACK)
+                raise _circuit_open(name, until - now + CLOCK_SLACK)
+        if core.state is CLOSED and breaker._plain:
+            core.admitted += 1
+            return (core.epoch, None)
+        return begin()
+
+    def exit_(ticket: object, exc: BaseException | None, result: object) -> None:
+        if type(ticket) is int:
+            if exc is not None:
+                fast_exception(ticket, exc)
+            elif core.route == ticket:
+                core.fast_successes += 1
+                core.consecutive = 0
+            else:
+                fast_stale()
+        else:
+            assert isinstance(ticket, tuple)
+            if exc is None:
+                end(ticket[0], ticket[1], result)
+            else:
+                record_exception(ticket[0], exc, ticket[1])
+
+    def pair(inner: Admission) -> Callable[..., Awaitable[Any]] | None:
+        from .ratelimit import RateLimiter  # noqa: PLC0415 - no cycle
+
+        limiter = inner.policy
+        if inner.exit is not None or type(limiter) is not RateLimiter:
+            return None
+        return _breaker_limiter(breaker, enter, exit_, limiter, inner.wait)
+
+    return Admission(enter, _never_wait, exit_, breaker, pair)
+
+
+def _breaker_limiter(
+    breaker: CircuitBreaker,
+    enter: Callable[[], object],
+    exit_: Callable[[object, BaseException | None, object], None],
+    limiter: RateLimiter,
+    wait: Callable[[], Awaitable[object]],
+) -> Callable[..., Awaitable[Any]]:
+    """Breaker > limiter in one frame, both fast paths inlined (the manager's and the usual pair).
+
+    Same steps as ``Fused(breaker, limiter).call``: the breaker admits (its CLOSED fast path reads
+    ``route`` only), the limiter takes a token at once or waits FIFO (a rejection or cancellation
+    there reaches the breaker as the inner call's exception: neutral), then the callee runs.
+    """
+    from .ratelimit import _monotonic  # noqa: PLC0415 - no cycle
+
+    core = breaker._core
+
+    async def call(fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        ticket: object = core.route
+        if core.route < 0:  # the breaker's general path: may raise CircuitOpen
+            ticket = enter()
+        std = limiter._std
+        if std is not None and std._thread_id is not None:
+            now = _monotonic()
+        else:
+            loop = limiter._loop
+            now = loop.time() if loop is not None and loop.is_running() else limiter._now()
+        tat = limiter._tat
+        floor = now - limiter._burst_time
+        if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
+            tat = floor
+        tat += limiter._inv_rate
+        if tat <= now:
+            limiter._tat = tat
+            limiter.allowed += 1
+        else:
+            try:
+                await wait()
+            except BaseException as exc:
+                exit_(ticket, exc, None)
+                raise
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            exit_(ticket, exc, None)
+            raise
+        if ticket.__class__ is int and core.route == ticket:
+            core.fast_successes += 1
+            core.consecutive = 0
+        else:
+            exit_(ticket, None, result)
+        return result
+
+    return call
+
+
+def limiter_admission(limiter: RateLimiter) -> Admission:
+    """The limiter's admission: one token, taken at once or after the FIFO wait; nothing on exit.
+
+    ``enter`` takes the token only when ``RateLimiter.call`` would take it at once: the bucket's
+    ``tat`` counts every queued reservation, so tokens there at once mean no waiter is passed over.
+    """
+    from .ratelimit import _monotonic  # noqa: PLC0415 - no cycle
+
+    def enter() -> object:
+        std = limiter._std
+        if std is not None and std._thread_id is not None:
+            now = _monotonic()
+        else:
+            loop = limiter._loop
+            now = loop.time() if loop is not None and loop.is_running() else limiter._now()
+        tat = limiter._tat
+        floor = now - limiter._burst_time
+        if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
+            tat = floor
+        tat += limiter._inv_rate
+        if tat <= now:
+            limiter._tat = tat
+            limiter.allowed += 1
+            return None
+        return WAIT
+
+    async def wait() -> object:
+        await limiter._wait(1, limiter._now(), None)
+        return None
+
+    return Admission(enter, wait, None, limiter)
+
+
+def bulkhead_admission(bulkhead: Bulkhead) -> Admission:
+    """The bulkhead's admission: a free permit at once, or the FIFO queue; the permit back on exit."""
+
+    def enter() -> object:
+        free = bulkhead._free
+        if free:
+            bulkhead._free = free - 1
+            bulkhead.admitted_at_once += 1
+            return None
+        return WAIT
+
+    async def wait() -> object:
+        await bulkhead._wait()
+        return None
+
+    def exit_(ticket: object, exc: BaseException | None, result: object) -> None:
+        if bulkhead._queued:
+            bulkhead._release()
+        else:
+            bulkhead._free += 1
+
+    return Admission(enter, wait, exit_, bulkhead)

@@ -1,0 +1,430 @@
+"""Fused admissions: breaker, limiter and bulkhead run in one frame with the unfused chain's semantics.
+
+``Pipeline`` and the manager fuse consecutive admission policies (``core/_fused.py``); these tests
+compare fused runs against the hand-chained ``outer.call(inner.call, fn)`` and check the cleanup of
+every await point: queued in the bulkhead, waiting for tokens, inside the callee.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dwcp_resilience import (
+    AdaptiveRateLimiter,
+    BreakerState,
+    Bulkhead,
+    BulkheadFull,
+    CircuitBreaker,
+    CircuitOpen,
+    OperationContext,
+    Pipeline,
+    RateLimited,
+    RateLimiter,
+    ResilienceManager,
+    Retry,
+    Timeout,
+)
+from dwcp_resilience.core._fused import Fused, FusedN, fuse
+from dwcp_resilience.testing import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+
+def _layers(pipeline: Pipeline) -> list[str]:
+    return [type(layer).__name__ for layer in pipeline.layers]
+
+
+# -- what fuses ----------------------------------------------------------------------------------
+
+
+def test_consecutive_admissions_fuse_and_others_do_not() -> None:
+    breaker = CircuitBreaker("b")
+    limiter = RateLimiter("l", rate=10, burst=10)
+    bulkhead = Bulkhead("h", max_concurrent=2)
+    retry = Retry("r", max_retries=1)
+    timeout = Timeout(1.0)
+    assert _layers(Pipeline(breaker, limiter)) == ["_Inlined"]
+    assert _layers(Pipeline(limiter, breaker)) == ["Fused"]
+    assert _layers(Pipeline(bulkhead, breaker, limiter)) == ["FusedN"]
+    assert _layers(Pipeline(retry, breaker, limiter, timeout, bulkhead)) == [
+        "Retry",
+        "_Inlined",
+        "Timeout",
+        "Bulkhead",
+    ]
+    # Not fusable: a breaker with its own per-call timeout, a subclass with its own call.
+    timed = CircuitBreaker("t", timeout=1.0)
+    adaptive = AdaptiveRateLimiter(
+        "a", initial_rate=10, min_rate=1, max_rate=100, target_latency=0.1
+    )
+    assert _layers(Pipeline(timed, limiter)) == ["CircuitBreaker", "RateLimiter"]
+    assert _layers(Pipeline(breaker, adaptive)) == ["CircuitBreaker", "AdaptiveRateLimiter"]
+    assert fuse([breaker]) == [breaker]
+    assert "b+l" in repr(Pipeline(breaker, limiter).layers[0])
+
+
+# -- equivalence: fused vs hand-chained, driven by Hypothesis --------------------------------------
+
+OUTCOMES = ("ok", "fail", "ignored", "bad_result", "cancel", "advance", "reset", "force_open")
+
+
+class Rig:
+    """One set of policies on a FakeClock, run either fused (Pipeline) or hand-chained."""
+
+    def __init__(self, fused: bool, half_open_max_calls: int, burst: int) -> None:
+        self.clock = FakeClock(100.0)
+        self.bulkhead = Bulkhead("h", max_concurrent=1, clock=self.clock)
+        self.breaker = CircuitBreaker(
+            "b",
+            max_failures=2,
+            reset_timeout=5.0,
+            half_open_max_calls=half_open_max_calls,
+            half_open_successes=2,
+            ignore=KeyError,
+            failure_result=lambda result: result == "bad",
+            clock=self.clock,
+        )
+        self.plain = CircuitBreaker("p", max_failures=3, reset_timeout=5.0, clock=self.clock)
+        self.limiter = RateLimiter("l", rate=1.0, burst=burst, max_wait=0, clock=self.clock)
+        policies = (self.bulkhead, self.plain, self.breaker, self.limiter)
+        if fused:
+            call = Pipeline(*policies).call
+        else:
+            bulkhead, plain, breaker, limiter = policies
+
+            def call(fn: Callable[..., Awaitable[Any]], *args: Any) -> Awaitable[Any]:
+                return bulkhead.call(plain.call, breaker.call, limiter.call, fn, *args)
+
+        self.call = call
+
+    async def step(self, action: str) -> str:
+        if action == "advance":
+            self.clock.advance(3.0)
+            return "advanced"
+        if action == "reset":
+            self.breaker.reset()
+            return "reset"
+        if action == "force_open":
+            self.breaker.force_open()
+            return "forced"
+
+        async def op() -> str:
+            await anyio.lowlevel.checkpoint()
+            if action == "fail":
+                raise ConnectionError("down")
+            if action == "ignored":
+                raise KeyError("neutral")
+            return "bad" if action == "bad_result" else "ok"
+
+        with anyio.CancelScope() as scope:
+            if action == "cancel":
+                scope.cancel()  # lands at the op's checkpoint (the admissions never await here)
+            try:
+                return str(await self.call(op))
+            except Exception as exc:
+                return type(exc).__name__
+        return "cancelled"
+
+    def snapshot(self) -> tuple[Any, ...]:
+        return (
+            self.breaker.statistics(),
+            self.plain.statistics(),
+            self.limiter.statistics(),
+            self.bulkhead.statistics(),
+        )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    actions=st.lists(st.sampled_from(OUTCOMES), min_size=1, max_size=40),
+    half_open_max_calls=st.integers(1, 2),
+    burst=st.integers(1, 4),
+    backend=st.sampled_from(["asyncio", "trio"]),
+)
+def test_fused_matches_the_chain(
+    actions: list[str], half_open_max_calls: int, burst: int, backend: str
+) -> None:
+    """Same caller-visible results and the same statistics of every policy, step by step."""
+
+    async def main() -> None:
+        fused = Rig(True, half_open_max_calls, burst)
+        chained = Rig(False, half_open_max_calls, burst)
+        for action in actions:
+            seen = await fused.step(action)
+            assert seen == await chained.step(action), action
+            assert fused.snapshot() == chained.snapshot(), action
+
+    anyio.run(main, backend=backend)
+
+
+async def test_rejections_reach_outer_policies_as_in_the_chain(backend_name: str) -> None:
+    """Breaker sees the limiter's RateLimited as neutral; an open breaker releases the bulkhead."""
+    bulkhead = Bulkhead("h", max_concurrent=1)
+    breaker = CircuitBreaker("b", max_failures=1, reset_timeout=60.0)
+    limiter = RateLimiter("l", rate=0.001, burst=1, max_wait=0)
+    pipeline = Pipeline(bulkhead, breaker, limiter)
+
+    async def op() -> int:
+        return 1
+
+    assert await pipeline.call(op) == 1
+    with pytest.raises(RateLimited):
+        await pipeline.call(op)
+    stats = breaker.statistics()
+    assert (stats.successes, stats.failures, stats.ignored, stats.state) == (
+        1,
+        0,
+        1,
+        BreakerState.CLOSED,
+    )
+    breaker.force_open()
+    with pytest.raises(CircuitOpen):
+        await pipeline.call(op)
+    assert bulkhead.available == 1
+    assert limiter.statistics().rejected == 1  # the open breaker refused before the limiter
+
+
+# -- cancellation at every await point -------------------------------------------------------------
+
+
+async def test_cancel_while_queued_in_the_bulkhead(backend_name: str) -> None:
+    bulkhead = Bulkhead("h", max_concurrent=1, max_queue=5)
+    breaker = CircuitBreaker("b", max_failures=1)
+    limiter = RateLimiter("l", rate=1000, burst=1000)
+    pipeline = Pipeline(bulkhead, breaker, limiter)
+    release = anyio.Event()
+    ran = []
+
+    async def hold() -> None:
+        await release.wait()
+
+    async def op() -> None:
+        ran.append(1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pipeline.call, hold)
+        await anyio.wait_all_tasks_blocked()
+        with anyio.CancelScope() as scope:
+            tg.start_soon(lambda: _cancel_soon(scope))
+            await pipeline.call(op)
+        assert scope.cancelled_caught
+        release.set()
+    assert ran == []
+    stats = bulkhead.statistics()
+    assert (stats.available, stats.queued, stats.cancelled) == (1, 0, 1)
+    assert breaker.statistics().admitted == 1  # the queued call never reached the breaker
+    assert breaker.inflight == 0
+    assert limiter.statistics().allowed == 1
+
+
+async def _cancel_soon(scope: anyio.CancelScope) -> None:
+    await anyio.wait_all_tasks_blocked()
+    scope.cancel()
+
+
+async def test_cancel_while_waiting_for_tokens(backend_name: str) -> None:
+    """The breaker's probe slot and the bulkhead's permit are given back; the queue has no debt."""
+    clock_free = Bulkhead("h", max_concurrent=2)
+    breaker = CircuitBreaker("b", max_failures=1, reset_timeout=1.0, half_open_max_calls=1)
+    limiter = RateLimiter("l", rate=1.0, burst=1)
+    pipeline = Pipeline(clock_free, breaker, limiter)
+
+    async def boom() -> None:
+        raise ConnectionError
+
+    async def op() -> str:
+        return "ok"
+
+    with pytest.raises(ConnectionError):
+        await pipeline.call(boom)  # trips the breaker and spends the only token
+    await anyio.sleep(1.0)  # the breaker is due to probe, the bucket is 1 token short of nothing
+    limiter.try_acquire()  # the token refilled meanwhile: take it, so the probe must wait
+    with anyio.move_on_after(0.5) as scope:
+        await pipeline.call(op)
+    assert scope.cancelled_caught
+    stats = breaker.statistics()
+    assert stats.state is BreakerState.HALF_OPEN
+    assert stats.half_open_probes == 0 and stats.inflight == 0  # the probe slot was freed
+    assert clock_free.available == 2
+    assert limiter.statistics().cancelled == 1 and limiter.statistics().waiting == 0
+    await anyio.sleep(0.6)
+    assert await pipeline.call(op) == "ok"  # a token is there exactly when it would have been
+
+
+async def test_cancel_during_the_op(backend_name: str) -> None:
+    bulkhead = Bulkhead("h", max_concurrent=1)
+    breaker = CircuitBreaker("b", max_failures=1)
+    limiter = RateLimiter("l", rate=1000, burst=1000)
+    pipeline = Pipeline(bulkhead, breaker, limiter)
+
+    async def slow() -> None:
+        await anyio.sleep(10)
+
+    with anyio.move_on_after(1):
+        await pipeline.call(slow)
+    stats = breaker.statistics()
+    assert (stats.failures, stats.ignored, stats.state) == (0, 1, BreakerState.CLOSED)
+    assert bulkhead.available == 1
+
+
+async def test_half_open_probe_slots_are_not_leaked(backend_name: str) -> None:
+    """Neutral and cancelled probes free their slots; a success closes after enough probes."""
+    breaker = CircuitBreaker(
+        "b", max_failures=1, reset_timeout=1.0, half_open_max_calls=1, half_open_successes=1,
+        ignore=KeyError,
+    )  # fmt: skip
+    limiter = RateLimiter("l", rate=1000, burst=1000)
+    pipeline = Pipeline(breaker, limiter)
+
+    async def raise_(exc: BaseException) -> None:
+        raise exc
+
+    with pytest.raises(ConnectionError):
+        await pipeline.call(raise_, ConnectionError())
+    await anyio.sleep(1.0)
+    with pytest.raises(KeyError):
+        await pipeline.call(raise_, KeyError("neutral"))
+    assert breaker.statistics().half_open_probes == 0
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await pipeline.call(anyio.sleep, 1)
+    assert breaker.statistics().half_open_probes == 0
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert await pipeline.call(anyio.sleep, 0) is None
+    assert breaker.state is BreakerState.CLOSED
+
+
+async def test_stale_results_are_ignored(backend_name: str) -> None:
+    """A call admitted before a reset reports into the old epoch: counted stale, nothing else."""
+    for record_latency in (False, True):  # the fast CLOSED path and the general path
+        breaker = CircuitBreaker("b", max_failures=1, record_latency=record_latency)
+        pipeline = Pipeline(breaker, RateLimiter("l", rate=1000, burst=1000))
+        for fail in (False, True):
+            await _reset_while_running(breaker, pipeline, fail)
+        stats = breaker.statistics()
+        assert stats.stale == 2 and stats.failures == 0 and stats.state is BreakerState.CLOSED
+        assert stats.inflight == 0
+
+
+async def _reset_while_running(breaker: CircuitBreaker, pipeline: Pipeline, fail: bool) -> None:
+    started, go = anyio.Event(), anyio.Event()
+
+    async def hold() -> None:
+        started.set()
+        await go.wait()
+        if fail:
+            raise ConnectionError
+
+    async def run() -> None:
+        try:
+            await pipeline.call(hold)
+        except ConnectionError:
+            assert fail
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await started.wait()
+        breaker.reset()
+        go.set()
+
+
+# -- exactly-once release under load ---------------------------------------------------------------
+
+
+@pytest.mark.virtual_time
+async def test_many_tasks_release_exactly_once(backend_name: str) -> None:
+    """An oracle counts permits: running never exceeds the cap, and everything comes back."""
+    rng = random.Random(7)
+    bulkhead = Bulkhead("h", max_concurrent=3, max_queue=20, max_wait=0.5)
+    breaker = CircuitBreaker("b", max_failures=1000)
+    limiter = RateLimiter("l", rate=200.0, burst=5, max_wait=0.3)
+    pipeline = Pipeline(bulkhead, breaker, limiter)
+    running = 0
+    peak = 0
+    ran = 0
+    seen: dict[str, int] = {}
+
+    async def op(hold: float, fail: bool) -> None:
+        nonlocal running, peak, ran
+        running += 1
+        ran += 1
+        peak = max(peak, running)
+        try:
+            await anyio.sleep(hold)
+            if fail:
+                raise ConnectionError
+        finally:
+            running -= 1
+
+    async def one(hold: float, fail: bool, cancel_after: float | None) -> None:
+        with anyio.CancelScope() as scope:
+            if cancel_after is not None:
+                scope.deadline = anyio.current_time() + cancel_after
+            try:
+                await pipeline.call(op, hold, fail)
+                key = "ok"
+            except (BulkheadFull, RateLimited, CircuitOpen, ConnectionError) as exc:
+                key = type(exc).__name__
+        if scope.cancelled_caught:
+            key = "cancelled"
+        seen[key] = seen.get(key, 0) + 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(300):
+            cancel = rng.choice([None, None, rng.uniform(0, 0.2)])
+            tg.start_soon(one, rng.uniform(0, 0.05), rng.random() < 0.2, cancel)
+            await anyio.sleep(rng.uniform(0, 0.004))
+    assert peak <= 3 and running == 0
+    assert sum(seen.values()) == 300
+    hs = bulkhead.statistics()
+    assert (hs.available, hs.queued, hs.concurrent) == (3, 0, 0)
+    assert hs.admitted + hs.rejected + hs.cancelled == 300
+    bs = breaker.statistics()
+    assert bs.inflight == 0
+    assert bs.admitted == hs.admitted
+    assert bs.successes == seen.get("ok", 0)
+    assert bs.failures == seen.get("ConnectionError", 0)
+    ls = limiter.statistics()
+    assert ls.waiting == 0
+    assert ls.allowed + ls.rejected + ls.cancelled == bs.admitted
+    assert ls.allowed == ran
+
+
+# -- the manager -----------------------------------------------------------------------------------
+
+
+async def test_manager_runs_breaker_and_limiter_fused(backend_name: str) -> None:
+    rm = ResilienceManager("m")
+    bulkhead = rm.register_bulkhead("op", 1)
+    breaker = rm.register_circuit_breaker("op", max_failures=2, timeout=None)
+    limiter = RateLimiter("op", rate=0.001, burst=1, max_wait=0)
+    rm.register("op", limiter)
+    stack = rm._stacks["op"]
+    assert stack._head is not None and stack._head.policy is bulkhead
+    assert len(stack._chain) == 0 and stack._outer is not None  # one fused breaker+limiter layer
+
+    async def op(ctx: OperationContext) -> str:
+        return ctx.operation
+
+    assert await rm.execute_with_all_protections("op", op) == "op"
+    with pytest.raises(RateLimited):
+        await rm.execute_with_all_protections("op", op)
+    assert breaker.statistics().ignored == 1
+    assert bulkhead.available == 1
+    assert limiter.statistics().allowed == 1
+    stats = rm.statistics("op")
+    assert (stats.successes, stats.rejected) == (1, 1)
+
+
+async def test_fused_classes_reject_short_runs() -> None:
+    with pytest.raises(ValueError, match="two"):
+        Fused([])
+    assert issubclass(FusedN, Fused)
