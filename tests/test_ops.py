@@ -232,3 +232,17 @@ def test_the_files_are_package_data() -> None:
 def test_the_shipped_dashboard_is_the_generated_one() -> None:
     """After adding a family, regenerate: ``python -m dwcp_resilience.ops._dashboard``."""
     assert path("dashboard").read_text() == render_dashboard()
+
+
+def test_the_fleet_alert_and_rows_watch_every_fleet_primitive() -> None:
+    """Any instance on local state (the min over instances) for 2 minutes; one row per fleet kind."""
+    text = alerts()
+    assert "DWCPFleetOnLocalState" in alert_names(text)
+    assert "expr: min by (kind, name) (dwcp_fleet_shared_state) == 0\n        for: 2m" in text
+    rows = [p["title"] for p in dashboard()["panels"] if p["type"] == "row"]
+    assert rows[-4:] == [
+        "Fleet state (Redis)",
+        "Fleet rate limiters",
+        "Fleet breakers",
+        "Fleet error budgets",
+    ]

@@ -41,6 +41,7 @@ from dwcp_resilience.policies.ratelimit import RateLimiter
 from dwcp_resilience.policies.retry import Retry
 from dwcp_resilience.policies.retry_budget import RetryBudget
 from dwcp_resilience.prometheus import ResilienceCollector, serve_metrics
+from dwcp_resilience.redis import FleetBreaker, FleetErrorBudget, RedisBackend, RedisRateLimiter
 from dwcp_resilience.slo.checks import PingCheck
 from dwcp_resilience.slo.degradation import DegradationManager
 from dwcp_resilience.slo.error_budget import ErrorBudget
@@ -131,6 +132,11 @@ class App:
         self.manager = collector.track_manager(ResilienceManager("app"))
         self.manager.register_bulkhead("op", max_concurrent=4)
         self.manager.register_error_budget("op", slo=0.99)
+        # Fleet primitives on a backend never called: a scrape reads their statistics() only.
+        fleet = RedisBackend("redis://127.0.0.1:1/0")
+        track(RedisRateLimiter(fleet, "fleet-api", rate=50.0, burst=2))
+        track(FleetBreaker(fleet, CircuitBreaker("fleet-db")))
+        self.fleet_budget = track(FleetErrorBudget(fleet, "fleet-send", slo=0.99))
         self.tick = 0
 
     async def flaky(self) -> str:
@@ -156,6 +162,7 @@ class App:
         with contextlib.suppress(Exception):  # the injected fault
             await self.chaos.call(ok)
         self.error_budget.record(self.tick % 10 != 0)
+        self.fleet_budget.record(self.tick % 10 != 0)  # local only: it is never flushed
         with contextlib.suppress(OSError):
             await self.manager.execute_with_all_protections("op", self.op)
         self.latency.record(0.001 * (self.tick % 10))
@@ -247,7 +254,7 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
             assert not empty, "\n".join(empty)
             groups = (await anyio.to_thread.run_sync(get_json, f"{base}/api/v1/rules"))["data"]
             rules = [rule for group in groups["groups"] for rule in group["rules"]]
-            assert len(rules) == 17
+            assert len(rules) == 18
             assert all(rule["health"] == "ok" for rule in rules), [
                 (rule["name"], rule.get("lastError")) for rule in rules if rule["health"] != "ok"
             ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
@@ -211,6 +212,42 @@ def _operation(s: Any, fold: Fold, out: Sink) -> None:
         out.add("operation_requests_total", (*labels, result), count)
 
 
+def _fleet(kind: str, ident: tuple[str, ...], shared: bool, fallbacks: int, out: Sink) -> None:
+    out.add("fleet_shared_state", (kind, *ident), 1.0 if shared else 0.0)
+    out.add("fleet_fallbacks_total", (kind, *ident), fallbacks)
+
+
+def _fleet_limiter(s: Any, fold: Fold, out: Sink) -> None:
+    limiter = fold("limiter", (s.name,))
+    out.add("rate_limiter_allowed_total", limiter, s.admitted)
+    out.add("rate_limiter_rejected_total", limiter, s.rejected)
+    out.add("rate_limiter_current_rate", limiter, s.rate)
+    _fleet("limiter", limiter, s.on_shared, s.fallbacks, out)
+    for source, count in (("shared", s.shared), ("leased", s.leased), ("local", s.local)):
+        out.add("fleet_rate_limiter_admitted_total", (*limiter, source), count)
+    out.add("fleet_rate_limiter_round_trips_total", limiter, s.round_trips)
+    out.add("fleet_rate_limiter_lease_tokens", limiter, s.lease_left)
+
+
+def _fleet_breaker(s: Any, fold: Fold, out: Sink) -> None:
+    name = fold("breaker", (s.name,))
+    _fleet("breaker", name, s.shared, s.fallbacks, out)
+    out.add("fleet_breaker_reports_total", name, s.reports_published)
+    out.add("fleet_breaker_reports_pending", name, s.reports_pending)
+    out.add("fleet_breaker_quorum_trips_total", name, s.quorum_trips)
+    out.add("fleet_breaker_reporters", name, s.last_reporters)
+    out.add("fleet_breaker_polls_total", name, s.polls)
+
+
+def _fleet_budget(s: Any, fold: Fold, out: Sink) -> None:
+    budget = fold("error_budget", (s.name,))
+    _fleet("budget", budget, s.shared, s.fallbacks, out)
+    out.add("fleet_budget_unflushed_records", budget, s.pending_records + s.inflight_records)
+    out.add("fleet_budget_dropped_records_total", budget, s.dropped_records)
+    out.add("fleet_budget_batches_total", budget, s.batches)
+    out.add("fleet_budget_duplicate_batches_total", budget, s.duplicates)
+
+
 Reader = Callable[[Any, Fold, Sink], None]
 
 READERS: dict[str, Reader] = {
@@ -226,6 +263,9 @@ READERS: dict[str, Reader] = {
     "degradation": _degradation,
     "chaos": _chaos,
     "operation": _operation,
+    "fleet_limiter": _fleet_limiter,
+    "fleet_breaker": _fleet_breaker,
+    "fleet_budget": _fleet_budget,
 }
 
 # (module, class, kind); subclasses first (an adaptive limiter is read as a limiter).
@@ -245,6 +285,16 @@ _CLASSES = (
     ("dwcp_resilience.manager", "ResilienceManager", "manager"),
 )
 
+# The fleet primitives need the ``redis`` extra. They are looked up in ``sys.modules`` only, never
+# imported: an instance's module is loaded already, and tracking anything else must not import
+# ``redis.asyncio`` (nor fail without it). A FleetBreaker's local breaker and a FleetErrorBudget's
+# local budget are read with it (see the collector's ``_expand``).
+_FLEET_CLASSES = (
+    ("dwcp_resilience.redis.limiter", "RedisRateLimiter", "fleet_limiter"),
+    ("dwcp_resilience.redis.breaker", "FleetBreaker", "fleet_breaker"),
+    ("dwcp_resilience.redis.budget", "FleetErrorBudget", "fleet_budget"),
+)
+
 
 @cache
 def _known() -> tuple[tuple[type, str], ...]:
@@ -262,5 +312,9 @@ def classify(obj: object) -> str | None:
     """The kind of ``obj`` (a key of :data:`READERS`, or ``"manager"``), or ``None``."""
     for cls, kind in _known():
         if isinstance(obj, cls):
+            return kind
+    for module, name, kind in _FLEET_CLASSES:
+        fleet_cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(fleet_cls, type) and isinstance(obj, fleet_cls):
             return kind
     return None

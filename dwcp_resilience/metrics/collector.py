@@ -75,7 +75,8 @@ Entry = tuple[str, Any, Any]  # (kind, primitive, its statistics() when already 
 
 
 def _expand(tracked: Iterable[tuple[str, Any]]) -> list[Entry]:
-    """Tracked objects -> unique primitives in order (managers and retry budgets opened).
+    """Tracked objects -> unique primitives in order (managers, retry budgets and the local
+    policies of fleet primitives opened).
 
     A manager is read through ``statistics(operation)`` once per operation: its snapshot carries the
     operation's counts and its policies' statistics, which are used as they are.
@@ -99,6 +100,10 @@ def _expand(tracked: Iterable[tuple[str, Any]]) -> list[Entry]:
         out.append((kind, obj, snapshot))
         if kind == "retry" and obj.budget is not None:
             add(classify(obj.budget), obj.budget)
+        elif kind == "fleet_breaker":  # its local breaker's own families (once, if tracked too)
+            add(classify(obj.breaker), obj.breaker)
+        elif kind == "fleet_budget":
+            add(classify(obj.local), obj.local)
 
     for kind, obj in tracked:
         add(kind, obj)
@@ -245,10 +250,14 @@ class ResilienceCollector:
 
     def track(self, primitive: T) -> T:
         """Expose ``primitive`` (a breaker, retry, retry budget, limiter, bulkhead, health monitor,
-        error or latency budget, degradation manager, chaos, or a ``ResilienceManager``); returns it.
+        error or latency budget, degradation manager, chaos, a ``ResilienceManager``, or a fleet
+        primitive: ``RedisRateLimiter``, ``FleetBreaker``, ``FleetErrorBudget``); returns it.
 
         Tracking the same object twice is a no-op; a ``Retry``'s budget is tracked with it; a manager
-        is read whole at every scrape (operations registered later included).
+        is read whole at every scrape (operations registered later included). A ``FleetBreaker``
+        brings its local breaker and a ``FleetErrorBudget`` its local ``ErrorBudget`` (read once,
+        even if tracked on their own too). Fleet primitives are read from their ``statistics()``
+        snapshots: a scrape never talks to Redis.
 
         Raises:
             TypeError: if ``primitive`` is none of those.

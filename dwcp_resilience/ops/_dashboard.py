@@ -29,6 +29,10 @@ ROWS = (
     ("Degradation", "degradation_", "manager"),
     ("Chaos", "chaos_", "chaos"),
     ("Manager operations", "operation_", "manager, operation"),
+    ("Fleet state (Redis)", "fleet_", "kind, name"),
+    ("Fleet rate limiters", "fleet_rate_limiter_", "limiter"),
+    ("Fleet breakers", "fleet_breaker_", "name"),
+    ("Fleet error budgets", "fleet_budget_", "budget"),
 )
 
 
@@ -105,7 +109,8 @@ def build_dashboard() -> dict[str, Any]:
         "tags": ["dwcp", "resilience"],
         "description": (
             "Circuit breakers, retries, health checks, rate limiters, bulkheads, error and latency "
-            "budgets, degradation and chaos of dwcp_resilience (one panel per metric family)."
+            "budgets, degradation, chaos and fleet (Redis) state of dwcp_resilience (one panel "
+            "per metric family)."
         ),
         "editable": True,
         "schemaVersion": 39,
