@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
@@ -161,21 +161,38 @@ class _Counts:
 
 
 class _Stack:
-    """One operation's compiled stack: immutable, swapped whole on registration."""
+    """One operation's compiled stack: immutable, swapped whole on registration.
+
+    The common stack runs *flat*: the bulkhead's admission, the retry's first attempt and the
+    deadline scope in :meth:`run`'s own frame, and each attempt (breaker and limiter admissions, the
+    attempt timeout, chaos) in one :meth:`_attempt` frame, so the callee is two frames below the
+    caller. Every frame between a task and its callee is resumed on each suspension of the callee,
+    which is what a chain of ``policy.call`` layers costs on I/O. The policies supply their logic
+    through private synchronous hooks (``_admission()``, ``Timeout._open``/``_close``, the retry's
+    first-attempt counters and ``_retry_loop``), so no policy logic lives here. A stack with a
+    policy whose ``call`` is overridden (a subclass) runs *layered* instead: each policy's own
+    ``call`` around the next, with consecutive admissions fused (:mod:`~dwcp_resilience.core._fused`).
+    """
 
     __slots__ = (
         "_adaptive",
         "_budget",
         "_budget_shares_clock",
         "_chain",
+        "_chaos",
         "_clock",
         "_counts",
         "_deadline",
         "_deadline_timeout",
+        "_first",
+        "_flat",
         "_head",
         "_latency",
         "_measure",
         "_outer",
+        "_retry",
+        "_second",
+        "_timeout",
         "components",
         "operation",
     )
@@ -185,15 +202,6 @@ class _Stack:
         self.components = components
         self._counts = counts
         self._clock = clock
-        # Consecutive admission policies (breaker > limiter) run fused in one frame; a lone one
-        # outermost (the bulkhead) is entered by `run` itself, in the frame it has anyway.
-        policies = [policy for _, policy in components.layers()]
-        head = admission_of(policies[0]) if policies else None
-        self._head = head
-        layers = fuse(policies[1:] if head is not None else policies)
-        calls = [policy.call for policy in layers]
-        self._outer: Callable[..., Awaitable[Any]] | None = calls[0] if calls else None
-        self._chain = tuple(calls[1:])
         self._deadline = components.deadline
         self._deadline_timeout = Timeout(_INF, name=f"{operation}-deadline")
         self._budget = components.error_budget
@@ -202,29 +210,41 @@ class _Stack:
         self._adaptive = limiter if isinstance(limiter, AdaptiveRateLimiter) else None
         self._measure = self._latency is not None or self._adaptive is not None
         self._budget_shares_clock = components.budget_shares_clock
+        c = components
+        bulkhead = admission_of(c.bulkhead) if c.bulkhead is not None else None
+        breaker = admission_of(c.breaker) if c.breaker is not None else None
+        limiter_adm = admission_of(limiter) if limiter is not None else None
+        self._flat = (
+            (c.bulkhead is None or bulkhead is not None)
+            and (c.retry is None or type(c.retry).call is Retry.call)
+            and (c.breaker is None or breaker is not None)
+            and (limiter is None or limiter_adm is not None)
+            and (c.timeout is None or type(c.timeout).call is Timeout.call)
+        )
+        self._retry = c.retry
+        self._timeout = c.timeout
+        self._chaos = c.chaos
+        gates = [(a.enter, a.wait, a.exit) for a in (breaker, limiter_adm) if a is not None]
+        self._first = gates[0] if gates else None
+        self._second = gates[1] if len(gates) > 1 else None
+        if self._flat:
+            self._head = bulkhead
+            self._outer: Callable[..., Awaitable[Any]] | None = None
+            self._chain: tuple[Callable[..., Awaitable[Any]], ...] = ()
+            return
+        # Layered: consecutive admission policies (breaker > limiter) run fused in one frame; a
+        # lone one outermost (the bulkhead) is entered by `run` itself, in the frame it has anyway.
+        policies = [policy for _, policy in components.layers()]
+        head = admission_of(policies[0]) if policies else None
+        self._head = head
+        calls = [policy.call for policy in fuse(policies[1:] if head is not None else policies)]
+        self._outer = calls[0] if calls else None
+        self._chain = tuple(calls[1:])
 
-    async def _inner(self, ctx: OperationContext, op: Operation[T]) -> T:
-        """The stack inside the deadline scope (the head admission entered here, as in `run`)."""
-        head = self._head
-        outer = self._outer
-        if head is None:
-            if outer is None:
-                return await op(ctx)
-            result: T = await outer(*self._chain, op, ctx)
-            return result
-        enter, wait, exit_, _, _ = head
-        ticket = enter()
-        if ticket is WAIT:
-            ticket = await wait()
-        try:
-            result = await (op(ctx) if outer is None else outer(*self._chain, op, ctx))
-        except BaseException as exc:
-            if exit_ is not None:
-                exit_(ticket, exc, None)
-            raise
-        if exit_ is not None:
-            exit_(ticket, None, result)
-        return result
+    @property
+    def flat(self) -> bool:
+        """True when the stack runs flat (see the class docstring)."""
+        return self._flat
 
     async def run(self, ctx: OperationContext, op: Operation[T]) -> T:
         counts = self._counts
@@ -239,32 +259,75 @@ class _Stack:
         start = self._clock() if measure else 0.0
         token = _ctx_set(ctx)
         try:
+            scope = None
             if deadline is not None and deadline < _deadline_get():
                 deadline_token = _deadline.set(deadline)
                 try:
-                    result = await self._deadline_timeout.call(self._inner, ctx, op)
-                finally:
+                    scope = self._deadline_timeout._open()
+                except BaseException:
                     _deadline.reset(deadline_token)
-            elif (head := self._head) is None:
-                outer = self._outer
-                if outer is None:
-                    result = await op(ctx)
-                else:
-                    result = await outer(*self._chain, op, ctx)
-            else:  # `_inner`, inlined: the head admission (the bulkhead) adds no frame
-                enter, wait, exit_, _, _ = head
-                ticket = enter()
-                if ticket is WAIT:
-                    ticket = await wait()
-                outer = self._outer
-                try:
-                    result = await (op(ctx) if outer is None else outer(*self._chain, op, ctx))
-                except BaseException as exc:
-                    if exit_ is not None:
-                        exit_(ticket, exc, None)
                     raise
-                if exit_ is not None:
-                    exit_(ticket, None, result)
+            try:
+                head = self._head
+                if head is not None:
+                    enter, wait, head_exit, _, _ = head
+                    ticket = enter()
+                    if ticket is WAIT:
+                        ticket = await wait()
+                try:
+                    if not self._flat:
+                        outer = self._outer
+                        result = await (op(ctx) if outer is None else outer(*self._chain, op, ctx))
+                    elif (retry := self._retry) is None:
+                        result = await self._attempt(ctx, op)
+                    else:
+                        # Retry.call's first attempt, in this frame (keep in step with Retry.call).
+                        if retry._plain:
+                            retry_start, retry_deadline = None, _INF
+                        else:
+                            retry_start, retry_deadline = retry._start()
+                        try:
+                            result = await self._attempt(ctx, op)
+                        except Exception as exc:
+                            result = await retry._retry_loop(
+                                self._attempt, (ctx, op), {}, exc, None, retry_start, retry_deadline
+                            )
+                        except BaseException:
+                            retry._first_interrupted += 1
+                            raise
+                        else:
+                            if retry._retry_on_result is not None and retry._result_retryable(
+                                result
+                            ):
+                                result = await retry._retry_loop(
+                                    self._attempt,
+                                    (ctx, op),
+                                    {},
+                                    None,
+                                    result,
+                                    retry_start,
+                                    retry_deadline,
+                                )
+                            else:
+                                retry._first_ok += 1
+                except BaseException as exc:
+                    if head is not None and head_exit is not None:
+                        head_exit(ticket, exc, None)
+                    raise
+                if head is not None and head_exit is not None:
+                    head_exit(ticket, None, result)
+            except BaseException as exc:
+                if scope is not None:
+                    expired = self._deadline_timeout._close(scope, exc)
+                    _deadline.reset(deadline_token)
+                    if expired is not None:
+                        raise expired from exc
+                raise
+            if scope is not None:
+                expired = self._deadline_timeout._close(scope, None)
+                _deadline.reset(deadline_token)
+                if expired is not None:
+                    raise expired  # noqa: TRY301 - raised in this frame on purpose (no extra frame)
         except Rejected:
             counts.rejected += 1
             if self._budget is not None:
@@ -282,6 +345,60 @@ class _Stack:
         counts.successes += 1
         if measure or self._budget is not None:
             self._finish(True, start)
+        return result
+
+    async def _attempt(self, ctx: OperationContext, op: Operation[T]) -> T:
+        """One attempt of a flat stack: breaker and limiter admissions, the attempt timeout and
+        chaos around ``op(ctx)``, in this one frame (the same order and outcomes as the chain)."""
+        first, second = self._first, self._second
+        if first is not None:
+            enter, wait, first_exit = first
+            first_ticket = enter()
+            if first_ticket is WAIT:
+                first_ticket = await wait()
+            if second is not None:
+                enter, wait, second_exit = second
+                try:
+                    second_ticket = enter()
+                    if second_ticket is WAIT:
+                        second_ticket = await wait()
+                except BaseException as exc:
+                    if first_exit is not None:
+                        first_exit(first_ticket, exc, None)
+                    raise
+        try:
+            chaos = self._chaos
+            timeout = self._timeout
+            if timeout is None:
+                result = await (op(ctx) if chaos is None else chaos.call(op, ctx))
+            else:
+                entry = timeout._open()
+                try:
+                    result = await (op(ctx) if chaos is None else chaos.call(op, ctx))
+                except BaseException as exc:
+                    expired = timeout._close(entry, exc)
+                    if expired is not None:
+                        raise expired from exc
+                    raise
+                expired = timeout._close(entry, None)
+                if expired is not None:
+                    raise expired  # noqa: TRY301 - raised in this frame on purpose (no extra frame)
+        except BaseException as exc:
+            if first is not None:
+                try:
+                    if second is not None and second_exit is not None:
+                        second_exit(second_ticket, exc, None)
+                finally:
+                    if first_exit is not None:
+                        first_exit(first_ticket, exc, None)
+            raise
+        if first is not None:
+            try:
+                if second is not None and second_exit is not None:
+                    second_exit(second_ticket, None, result)
+            finally:
+                if first_exit is not None:
+                    first_exit(first_ticket, None, result)
         return result
 
     def _finish(self, ok: bool, start: float) -> None:
@@ -541,10 +658,13 @@ class ResilienceManager:
 
     # --- execution ------------------------------------------------------------------------------
 
-    async def execute_with_all_protections(
+    def execute_with_all_protections(
         self, ctx: OperationContext | str, op: Operation[T]
-    ) -> T:
-        """Run ``op(ctx)`` through the operation's stack and return its result.
+    ) -> Coroutine[Any, Any, T]:
+        """Run ``op(ctx)`` through the operation's stack and return its result (``await`` it).
+
+        This is a plain function returning the stack's coroutine, so it adds no coroutine frame of
+        its own; nothing runs until the coroutine is awaited.
 
         ``ctx`` is an :class:`~dwcp_resilience.OperationContext` or an operation name. An operation
         with nothing registered runs unprotected (and is still counted).
@@ -566,7 +686,7 @@ class ResilienceManager:
                     counts = self._counts.setdefault(ctx.operation, _Counts())
                     stack = _Stack(ctx.operation, _Components(), counts, self._clock)
                     self._stacks[ctx.operation] = stack
-        return await stack.run(ctx, op)
+        return stack.run(ctx, op)
 
     async def execute_with_degradation(
         self,

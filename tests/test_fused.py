@@ -7,9 +7,10 @@ every await point: queued in the bulkhead, waiting for tokens, inside the callee
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -33,6 +34,8 @@ from dwcp_resilience import (
     Timeout,
 )
 from dwcp_resilience.core._fused import Fused, FusedN, fuse
+from dwcp_resilience.policies.backoff import ConstantBackoff
+from dwcp_resilience.slo.error_budget import ErrorBudget
 from dwcp_resilience.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -95,15 +98,14 @@ class Rig:
         self.plain = CircuitBreaker("p", max_failures=3, reset_timeout=5.0, clock=self.clock)
         self.limiter = RateLimiter("l", rate=1.0, burst=burst, max_wait=0, clock=self.clock)
         policies = (self.bulkhead, self.plain, self.breaker, self.limiter)
-        if fused:
-            call = Pipeline(*policies).call
-        else:
-            bulkhead, plain, breaker, limiter = policies
+        pipeline = Pipeline(*policies)
+        bulkhead, plain, breaker, limiter = policies
 
-            def call(fn: Callable[..., Awaitable[Any]], *args: Any) -> Awaitable[Any]:
-                return bulkhead.call(plain.call, breaker.call, limiter.call, fn, *args)
+        def chained(fn: Callable[..., Awaitable[Any]], *args: Any) -> Awaitable[Any]:
+            run: Any = bulkhead.call
+            return cast(Awaitable[Any], run(plain.call, breaker.call, limiter.call, fn, *args))
 
-        self.call = call
+        self.call: Callable[..., Awaitable[Any]] = pipeline.call if fused else chained
 
     async def step(self, action: str) -> str:
         if action == "advance":
@@ -298,8 +300,9 @@ async def test_half_open_probe_slots_are_not_leaked(backend_name: str) -> None:
         await pipeline.call(anyio.sleep, 1)
     assert breaker.statistics().half_open_probes == 0
     assert breaker.state is BreakerState.HALF_OPEN
-    assert await pipeline.call(anyio.sleep, 0) is None
-    assert breaker.state is BreakerState.CLOSED
+    await pipeline.call(anyio.sleep, 0)
+    state: BreakerState = breaker.state  # the probe closed it (mypy narrowed it to HALF_OPEN)
+    assert state is BreakerState.CLOSED
 
 
 async def test_stale_results_are_ignored(backend_name: str) -> None:
@@ -408,8 +411,9 @@ async def test_manager_runs_breaker_and_limiter_fused(backend_name: str) -> None
     limiter = RateLimiter("op", rate=0.001, burst=1, max_wait=0)
     rm.register("op", limiter)
     stack = rm._stacks["op"]
+    assert stack.flat  # the bulkhead in run's frame, breaker + limiter in the attempt's frame
     assert stack._head is not None and stack._head.policy is bulkhead
-    assert len(stack._chain) == 0 and stack._outer is not None  # one fused breaker+limiter layer
+    assert stack._first is not None and stack._second is not None
 
     async def op(ctx: OperationContext) -> str:
         return ctx.operation
@@ -428,3 +432,139 @@ async def test_fused_classes_reject_short_runs() -> None:
     with pytest.raises(ValueError, match="two"):
         Fused([])
     assert issubclass(FusedN, Fused)
+
+
+# -- the manager: flat stack vs layered stack, driven by Hypothesis --------------------------------
+
+
+class _LayeredTimeout(Timeout):
+    """A Timeout with its own ``call``: the manager then runs the stack layered, policy by policy."""
+
+    async def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
+        return await super().call(fn, *args, **kwargs)
+
+
+MANAGER_ACTIONS = ("ok", "fail", "flaky", "ignored", "slow", "deadline", "cancel", "reset", "full")
+
+
+class ManagerRig:
+    """bulkhead > retry > breaker > limiter > attempt timeout, flat or layered, on the loop clock."""
+
+    def __init__(self, flat: bool, max_failures: int) -> None:
+        self.rm = ResilienceManager("m")
+        self.bulkhead = Bulkhead("h", max_concurrent=1, max_queue=0)
+        self.retry = Retry(
+            "r", max_retries=2, backoff=ConstantBackoff(0.5), retry_on=ConnectionError
+        )
+        self.breaker = CircuitBreaker(
+            "b", max_failures=max_failures, reset_timeout=1e9, ignore=KeyError
+        )
+        self.limiter = RateLimiter("l", rate=1e-9, burst=10_000, max_wait=0)
+        self.budget = ErrorBudget("e", slo=0.9, window=1e9)
+        timeout = (Timeout if flat else _LayeredTimeout)(5.0, name="t")
+        self.rm.register(
+            "op", self.bulkhead, self.retry, self.breaker, self.limiter, timeout, self.budget
+        )
+        assert self.rm._stacks["op"].flat is flat
+        self.calls = 0
+
+    async def step(self, action: str) -> str:
+        if action == "reset":
+            self.breaker.reset()
+            return "reset"
+        self.calls += 1
+        attempts = 0
+
+        async def op(ctx: OperationContext) -> str:
+            nonlocal attempts
+            attempts += 1
+            await anyio.lowlevel.checkpoint()
+            if action == "fail" or (action == "flaky" and attempts == 1):
+                raise ConnectionError("down")
+            if action == "ignored":
+                raise KeyError("neutral")
+            if action in ("slow", "deadline"):
+                await anyio.sleep(10.0)
+            return f"ok after {attempts}"
+
+        ctx: OperationContext | str = "op"
+        if action == "deadline":
+            ctx = OperationContext("op", deadline=anyio.current_time() + 2.0)
+        with anyio.CancelScope() as scope:
+            if action == "cancel":
+                scope.cancel()
+            try:
+                if action == "full":  # a second call while one holds the only permit
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self.rm.execute_with_all_protections, "op", _hold)
+                        await anyio.sleep(0.1)
+                        try:
+                            await self.rm.execute_with_all_protections("op", op)
+                        finally:
+                            tg.cancel_scope.cancel()
+                    return "not rejected"
+                return str(await self.rm.execute_with_all_protections(ctx, op))
+            except Exception as exc:
+                return f"{type(exc).__name__} after {attempts}"
+        return f"cancelled after {attempts}"
+
+    def snapshot(self) -> tuple[Any, ...]:
+        """Every counter; not the readings of the clock (the two rigs run one after the other)."""
+        stats = self.rm.statistics("op")
+        timeless = [
+            {
+                f.name: getattr(snapshot, f.name)
+                for f in dataclasses.fields(snapshot)
+                if f.name not in _CLOCK_FIELDS
+            }
+            for snapshot in (
+                self.bulkhead.statistics(),
+                self.retry.statistics(),
+                self.breaker.statistics(),
+                self.limiter.statistics(),
+                self.budget.statistics(),
+            )
+        ]
+        counts = (stats.calls, stats.successes, stats.failures, stats.rejected, stats.cancelled)
+        return (counts, *timeless)
+
+
+_CLOCK_FIELDS = {"retry_after", "tokens", "availability"}  # readings of the clock
+
+
+async def _hold(ctx: OperationContext) -> None:
+    await anyio.sleep_forever()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    actions=st.lists(st.sampled_from(MANAGER_ACTIONS), min_size=1, max_size=25),
+    max_failures=st.integers(1, 4),
+    backend=st.sampled_from(["asyncio", "trio"]),
+)
+def test_flat_manager_stack_matches_the_layered_one(
+    actions: list[str], max_failures: int, backend: str
+) -> None:
+    """The flat stack gives the caller, the manager's counts and every policy's statistics exactly
+    what the layered stack (each policy's own ``call``) gives, step by step, in virtual time."""
+    import looptime
+    import trio.testing
+
+    async def main() -> None:
+        flat = ManagerRig(True, max_failures)
+        layered = ManagerRig(False, max_failures)
+        for action in actions:
+            seen = await flat.step(action)
+            assert seen == await layered.step(action), action
+            assert flat.snapshot() == layered.snapshot(), action
+
+    if backend == "trio":
+        anyio.run(
+            main,
+            backend="trio",
+            backend_options={"clock": trio.testing.MockClock(autojump_threshold=0)},
+        )
+    else:
+        anyio.run(
+            main, backend="asyncio", backend_options={"loop_factory": looptime.new_event_loop}
+        )

@@ -269,32 +269,77 @@ class Timeout(PolicyBase):
             _deadline_reset(token)
         raise self._expired()  # reached only when our own scope caught its cancellation
 
-    async def __aenter__(self) -> Timeout:
-        loop = _get_running_loop()
-        if loop is None:
-            import trio  # noqa: PLC0415 - only on trio
+    def _open(self) -> _AsyncioEntry | _TrioEntry:
+        """Enter this timeout's scope in the caller's frame (``async with`` and the manager).
 
-            now = trio.current_time()
-            deadline = min(now + self._seconds, _deadline_get())
-            if deadline <= now:
-                raise self._expired()
-            trio_scope = trio.CancelScope(deadline=deadline)
-            trio_scope.__enter__()
-            self._stack.push(_TrioEntry(trio_scope, _deadline_set(deadline)))
-            return self
-        now = loop.time()
-        deadline = min(now + self._seconds, _deadline_get())
+        Every ``_open`` is followed by exactly one :meth:`_close` in the same task.
+
+        Raises:
+            DeadlineExceeded: the deadline (``seconds <= 0`` or an enclosing one) has passed already.
+        """
+        loop = _fast_loop
+        if loop is not None and loop._thread_id == _get_ident():
+            sweeper = _last_sweeper
+            now = _last_time()
+        else:
+            loop = _get_running_loop()
+            if loop is None:
+                return self._open_trio()
+            sweeper = _sweeper_for(loop)
+            now = _last_time()
+        deadline = now + self._seconds
+        outer = _deadline_get()
+        deadline = min(deadline, outer)
         if deadline <= now:
             raise self._expired()
         if deadline == _INF:
-            self._stack.push(_AsyncioEntry(None, None, _deadline_set(deadline)))
-            return self
+            return _AsyncioEntry(None, None, _deadline_set(deadline))
         task = current_task(loop)
-        if task is None:  # pragma: no cover
-            raise RuntimeError("async with Timeout must run inside an asyncio task")
-        sweeper = _sweeper_for(loop)
-        entry = sweeper.open(task, deadline)
-        self._stack.push(_AsyncioEntry(entry, sweeper, _deadline_set(deadline)))
+        if task is None:  # pragma: no cover - a coroutine always runs in a task under asyncio
+            raise RuntimeError("a Timeout scope must run inside an asyncio task")
+        return _AsyncioEntry(sweeper.open(task, deadline), sweeper, _deadline_set(deadline))
+
+    def _open_trio(self) -> _TrioEntry:
+        import trio  # noqa: PLC0415 - only on trio
+
+        now = trio.current_time()
+        deadline = min(now + self._seconds, _deadline_get())
+        if deadline <= now:
+            raise self._expired()
+        trio_scope = trio.CancelScope(deadline=deadline)
+        trio_scope.__enter__()
+        return _TrioEntry(trio_scope, _deadline_set(deadline))
+
+    def _close(
+        self, entry: _AsyncioEntry | _TrioEntry, exc: BaseException | None
+    ) -> DeadlineExceeded | None:
+        """Leave a scope entered by :meth:`_open`, which ended with ``exc`` (``None``: it returned).
+
+        Returns the :class:`~dwcp_resilience.DeadlineExceeded` to raise in place of ``exc`` when
+        this timeout's own deadline ended the scope (the caller raises it ``from exc``), else
+        ``None``: ``exc`` (or the result) stands.
+        """
+        _deadline_reset(entry.token)
+        if isinstance(entry, _TrioEntry):
+            trio_scope = entry.scope
+            if exc is None:
+                trio_scope.__exit__(None, None, None)
+            else:
+                trio_scope.__exit__(type(exc), exc, exc.__traceback__)
+            return self._expired() if trio_scope.cancelled_caught else None
+        scope, sweeper = entry.scope, entry.sweeper
+        if scope is None or sweeper is None:
+            return None
+        if scope[_STATE] == _FIRED:
+            scope[_STATE] = _HANDLED
+            if scope[_TASK].uncancel() <= scope[_CANCELLING] and isinstance(exc, CancelledError):
+                return self._expired()
+            return None
+        sweeper.close(scope)
+        return None
+
+    async def __aenter__(self) -> Timeout:
+        self._stack.push(self._open())
         return self
 
     async def __aexit__(
@@ -303,21 +348,7 @@ class Timeout(PolicyBase):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        entry = self._stack.pop()
-        _deadline_reset(entry.token)
-        if isinstance(entry, _TrioEntry):
-            trio_scope = entry.scope
-            swallowed = trio_scope.__exit__(exc_type, exc, tb)
-            if trio_scope.cancelled_caught:
-                raise self._expired() from exc
-            return bool(swallowed)
-        scope, sweeper = entry.scope, entry.sweeper
-        if scope is None or sweeper is None:
-            return False
-        if scope[_STATE] == _FIRED:
-            scope[_STATE] = _HANDLED
-            if scope[_TASK].uncancel() <= scope[_CANCELLING] and exc_type is CancelledError:
-                raise self._expired() from exc
-            return False
-        sweeper.close(scope)
+        expired = self._close(self._stack.pop(), exc)
+        if expired is not None:
+            raise expired from exc
         return False
