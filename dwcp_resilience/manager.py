@@ -163,15 +163,11 @@ class _Counts:
 class _Stack:
     """One operation's compiled stack: immutable, swapped whole on registration.
 
-    The common stack runs *flat*: the bulkhead's admission, the retry's first attempt and the
-    deadline scope in :meth:`run`'s own frame, and each attempt (breaker and limiter admissions, the
-    attempt timeout, chaos) in one :meth:`_attempt` frame, so the callee is two frames below the
-    caller. Every frame between a task and its callee is resumed on each suspension of the callee,
-    which is what a chain of ``policy.call`` layers costs on I/O. The policies supply their logic
-    through private synchronous hooks (``_admission()``, ``Timeout._open``/``_close``, the retry's
-    first-attempt counters and ``_retry_loop``), so no policy logic lives here. A stack with a
-    policy whose ``call`` is overridden (a subclass) runs *layered* instead: each policy's own
-    ``call`` around the next, with consecutive admissions fused (:mod:`~dwcp_resilience.core._fused`).
+    Consecutive admission policies (breaker > limiter) run fused in one frame
+    (:mod:`~dwcp_resilience.core._fused`); a lone admission outermost (the bulkhead) and the
+    deadline scope (``Timeout._open``/``_close``) are entered in :meth:`run`'s own frame. Every frame
+    between a task and its callee is resumed on each suspension of the callee, so each layer saved
+    is saved on every await of ``op``.
     """
 
     __slots__ = (
@@ -179,20 +175,14 @@ class _Stack:
         "_budget",
         "_budget_shares_clock",
         "_chain",
-        "_chaos",
         "_clock",
         "_counts",
         "_deadline",
         "_deadline_timeout",
-        "_first",
-        "_flat",
         "_head",
         "_latency",
         "_measure",
         "_outer",
-        "_retry",
-        "_second",
-        "_timeout",
         "components",
         "operation",
     )
@@ -202,6 +192,12 @@ class _Stack:
         self.components = components
         self._counts = counts
         self._clock = clock
+        policies = [policy for _, policy in components.layers()]
+        head = admission_of(policies[0]) if policies else None
+        self._head = head
+        calls = [policy.call for policy in fuse(policies[1:] if head is not None else policies)]
+        self._outer: Callable[..., Awaitable[Any]] | None = calls[0] if calls else None
+        self._chain = tuple(calls[1:])
         self._deadline = components.deadline
         self._deadline_timeout = Timeout(_INF, name=f"{operation}-deadline")
         self._budget = components.error_budget
@@ -210,41 +206,6 @@ class _Stack:
         self._adaptive = limiter if isinstance(limiter, AdaptiveRateLimiter) else None
         self._measure = self._latency is not None or self._adaptive is not None
         self._budget_shares_clock = components.budget_shares_clock
-        c = components
-        bulkhead = admission_of(c.bulkhead) if c.bulkhead is not None else None
-        breaker = admission_of(c.breaker) if c.breaker is not None else None
-        limiter_adm = admission_of(limiter) if limiter is not None else None
-        self._flat = (
-            (c.bulkhead is None or bulkhead is not None)
-            and (c.retry is None or type(c.retry).call is Retry.call)
-            and (c.breaker is None or breaker is not None)
-            and (limiter is None or limiter_adm is not None)
-            and (c.timeout is None or type(c.timeout).call is Timeout.call)
-        )
-        self._retry = c.retry
-        self._timeout = c.timeout
-        self._chaos = c.chaos
-        gates = [(a.enter, a.wait, a.exit) for a in (breaker, limiter_adm) if a is not None]
-        self._first = gates[0] if gates else None
-        self._second = gates[1] if len(gates) > 1 else None
-        if self._flat:
-            self._head = bulkhead
-            self._outer: Callable[..., Awaitable[Any]] | None = None
-            self._chain: tuple[Callable[..., Awaitable[Any]], ...] = ()
-            return
-        # Layered: consecutive admission policies (breaker > limiter) run fused in one frame; a
-        # lone one outermost (the bulkhead) is entered by `run` itself, in the frame it has anyway.
-        policies = [policy for _, policy in components.layers()]
-        head = admission_of(policies[0]) if policies else None
-        self._head = head
-        calls = [policy.call for policy in fuse(policies[1:] if head is not None else policies)]
-        self._outer = calls[0] if calls else None
-        self._chain = tuple(calls[1:])
-
-    @property
-    def flat(self) -> bool:
-        """True when the stack runs flat (see the class docstring)."""
-        return self._flat
 
     async def run(self, ctx: OperationContext, op: Operation[T]) -> T:
         counts = self._counts
@@ -274,42 +235,9 @@ class _Stack:
                     ticket = enter()
                     if ticket is WAIT:
                         ticket = await wait()
+                outer = self._outer
                 try:
-                    if not self._flat:
-                        outer = self._outer
-                        result = await (op(ctx) if outer is None else outer(*self._chain, op, ctx))
-                    elif (retry := self._retry) is None:
-                        result = await self._attempt(ctx, op)
-                    else:
-                        # Retry.call's first attempt, in this frame (keep in step with Retry.call).
-                        if retry._plain:
-                            retry_start, retry_deadline = None, _INF
-                        else:
-                            retry_start, retry_deadline = retry._start()
-                        try:
-                            result = await self._attempt(ctx, op)
-                        except Exception as exc:
-                            result = await retry._retry_loop(
-                                self._attempt, (ctx, op), {}, exc, None, retry_start, retry_deadline
-                            )
-                        except BaseException:
-                            retry._first_interrupted += 1
-                            raise
-                        else:
-                            if retry._retry_on_result is not None and retry._result_retryable(
-                                result
-                            ):
-                                result = await retry._retry_loop(
-                                    self._attempt,
-                                    (ctx, op),
-                                    {},
-                                    None,
-                                    result,
-                                    retry_start,
-                                    retry_deadline,
-                                )
-                            else:
-                                retry._first_ok += 1
+                    result = await (op(ctx) if outer is None else outer(*self._chain, op, ctx))
                 except BaseException as exc:
                     if head is not None and head_exit is not None:
                         head_exit(ticket, exc, None)
@@ -345,60 +273,6 @@ class _Stack:
         counts.successes += 1
         if measure or self._budget is not None:
             self._finish(True, start)
-        return result
-
-    async def _attempt(self, ctx: OperationContext, op: Operation[T]) -> T:
-        """One attempt of a flat stack: breaker and limiter admissions, the attempt timeout and
-        chaos around ``op(ctx)``, in this one frame (the same order and outcomes as the chain)."""
-        first, second = self._first, self._second
-        if first is not None:
-            enter, wait, first_exit = first
-            first_ticket = enter()
-            if first_ticket is WAIT:
-                first_ticket = await wait()
-            if second is not None:
-                enter, wait, second_exit = second
-                try:
-                    second_ticket = enter()
-                    if second_ticket is WAIT:
-                        second_ticket = await wait()
-                except BaseException as exc:
-                    if first_exit is not None:
-                        first_exit(first_ticket, exc, None)
-                    raise
-        try:
-            chaos = self._chaos
-            timeout = self._timeout
-            if timeout is None:
-                result = await (op(ctx) if chaos is None else chaos.call(op, ctx))
-            else:
-                entry = timeout._open()
-                try:
-                    result = await (op(ctx) if chaos is None else chaos.call(op, ctx))
-                except BaseException as exc:
-                    expired = timeout._close(entry, exc)
-                    if expired is not None:
-                        raise expired from exc
-                    raise
-                expired = timeout._close(entry, None)
-                if expired is not None:
-                    raise expired  # noqa: TRY301 - raised in this frame on purpose (no extra frame)
-        except BaseException as exc:
-            if first is not None:
-                try:
-                    if second is not None and second_exit is not None:
-                        second_exit(second_ticket, exc, None)
-                finally:
-                    if first_exit is not None:
-                        first_exit(first_ticket, exc, None)
-            raise
-        if first is not None:
-            try:
-                if second is not None and second_exit is not None:
-                    second_exit(second_ticket, None, result)
-            finally:
-                if first_exit is not None:
-                    first_exit(first_ticket, None, result)
         return result
 
     def _finish(self, ok: bool, start: float) -> None:

@@ -411,9 +411,8 @@ async def test_manager_runs_breaker_and_limiter_fused(backend_name: str) -> None
     limiter = RateLimiter("op", rate=0.001, burst=1, max_wait=0)
     rm.register("op", limiter)
     stack = rm._stacks["op"]
-    assert stack.flat  # the bulkhead in run's frame, breaker + limiter in the attempt's frame
     assert stack._head is not None and stack._head.policy is bulkhead
-    assert stack._first is not None and stack._second is not None
+    assert len(stack._chain) == 0 and stack._outer is not None  # one fused breaker+limiter layer
 
     async def op(ctx: OperationContext) -> str:
         return ctx.operation
@@ -434,12 +433,20 @@ async def test_fused_classes_reject_short_runs() -> None:
     assert issubclass(FusedN, Fused)
 
 
-# -- the manager: flat stack vs layered stack, driven by Hypothesis --------------------------------
+# -- the manager vs the plain chain of its policies, driven by Hypothesis ---------------------------
 
 
-class _LayeredTimeout(Timeout):
-    """A Timeout with its own ``call``: the manager then runs the stack layered, policy by policy."""
+class _ChainedBulkhead(Bulkhead):
+    async def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
+        return await super().call(fn, *args, **kwargs)
 
+
+class _ChainedBreaker(CircuitBreaker):
+    async def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
+        return await super().call(fn, *args, **kwargs)
+
+
+class _ChainedLimiter(RateLimiter):
     async def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
         return await super().call(fn, *args, **kwargs)
 
@@ -448,24 +455,30 @@ MANAGER_ACTIONS = ("ok", "fail", "flaky", "ignored", "slow", "deadline", "cancel
 
 
 class ManagerRig:
-    """bulkhead > retry > breaker > limiter > attempt timeout, flat or layered, on the loop clock."""
+    """bulkhead > retry > breaker > limiter > attempt timeout on the loop clock: with the stock
+    policies (the manager fuses them and enters the bulkhead in its own frame), or with subclasses
+    whose own ``call`` makes the manager chain every policy's ``call`` as written."""
 
-    def __init__(self, flat: bool, max_failures: int) -> None:
+    def __init__(self, fused: bool, max_failures: int) -> None:
         self.rm = ResilienceManager("m")
-        self.bulkhead = Bulkhead("h", max_concurrent=1, max_queue=0)
+        self.bulkhead = (Bulkhead if fused else _ChainedBulkhead)(
+            "h", max_concurrent=1, max_queue=0
+        )
         self.retry = Retry(
             "r", max_retries=2, backoff=ConstantBackoff(0.5), retry_on=ConnectionError
         )
-        self.breaker = CircuitBreaker(
+        self.breaker = (CircuitBreaker if fused else _ChainedBreaker)(
             "b", max_failures=max_failures, reset_timeout=1e9, ignore=KeyError
         )
-        self.limiter = RateLimiter("l", rate=1e-9, burst=10_000, max_wait=0)
+        self.limiter = (RateLimiter if fused else _ChainedLimiter)(
+            "l", rate=1e-9, burst=10_000, max_wait=0
+        )
         self.budget = ErrorBudget("e", slo=0.9, window=1e9)
-        timeout = (Timeout if flat else _LayeredTimeout)(5.0, name="t")
+        timeout = Timeout(5.0, name="t")
         self.rm.register(
             "op", self.bulkhead, self.retry, self.breaker, self.limiter, timeout, self.budget
         )
-        assert self.rm._stacks["op"].flat is flat
+        assert (self.rm._stacks["op"]._head is not None) is fused
         self.calls = 0
 
     async def step(self, action: str) -> str:
@@ -542,21 +555,21 @@ async def _hold(ctx: OperationContext) -> None:
     max_failures=st.integers(1, 4),
     backend=st.sampled_from(["asyncio", "trio"]),
 )
-def test_flat_manager_stack_matches_the_layered_one(
+def test_manager_stack_matches_the_plain_chain(
     actions: list[str], max_failures: int, backend: str
 ) -> None:
-    """The flat stack gives the caller, the manager's counts and every policy's statistics exactly
-    what the layered stack (each policy's own ``call``) gives, step by step, in virtual time."""
+    """The manager's fused stack gives the caller, its counts and every policy's statistics exactly
+    what the plain chain of each policy's own ``call`` gives, step by step, in virtual time."""
     import looptime
     import trio.testing
 
     async def main() -> None:
-        flat = ManagerRig(True, max_failures)
-        layered = ManagerRig(False, max_failures)
+        fused = ManagerRig(True, max_failures)
+        chained = ManagerRig(False, max_failures)
         for action in actions:
-            seen = await flat.step(action)
-            assert seen == await layered.step(action), action
-            assert flat.snapshot() == layered.snapshot(), action
+            seen = await fused.step(action)
+            assert seen == await chained.step(action), action
+            assert fused.snapshot() == chained.snapshot(), action
 
     if backend == "trio":
         anyio.run(
