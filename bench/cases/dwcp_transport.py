@@ -21,7 +21,7 @@ from dwcp_resilience.dwcp.transport import DWCPConnection
 
 from ..harness import Call, Case, Contender, Op
 
-N = 400
+N = 2000
 PIPELINE = 16
 BODY = b"x" * 64
 
