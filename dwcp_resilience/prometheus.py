@@ -20,7 +20,9 @@ Notes:
   ``circuit_breaker_slow_call_rate``, ``retry_budget_*``, ``rate_limiter_keys``,
   ``error_budget_objective``/``requests_total``/``failures_total``/``burn_rate``,
   ``latency_budget_target_seconds``, ``degradation_*``, ``chaos_*``, and
-  ``operation_requests_total{manager, operation, result}`` for a tracked ``ResilienceManager``.
+  ``operation_requests_total{manager, operation, result}`` for a tracked ``ResilienceManager``,
+  and ``fleet_*`` for the Redis fleet primitives (``fleet_shared_state{kind, name}``,
+  ``fleet_fallbacks_total``, ``fleet_rate_limiter_*``, ``fleet_breaker_*``, ``fleet_budget_*``).
 - Tracking holds a strong reference: :meth:`ResilienceCollector.untrack` what you drop.
 - The alert rules and the dashboard for these metrics are in :mod:`dwcp_resilience.ops`.
 
