@@ -297,6 +297,20 @@ async def test_exit_stops_the_watcher(anyio_backend: Any, redis_url: str) -> Non
     assert asyncio.all_tasks() - before == set()
 
 
+async def test_close_detaches_from_the_local_breaker(anyio_backend: Any, redis_url: str) -> None:
+    async with RedisBackend(redis_url, instance="solo") as backend:
+        breaker = _breaker()
+        fleet = FleetBreaker(backend, breaker, quorum=1, poll_interval=0.05)
+        assert len(breaker._listeners) == 1
+        fleet.close()
+        fleet.close()  # idempotent
+        assert len(breaker._listeners) == 0
+        await _trip_locally(breaker)
+        assert not fleet.statistics().reports_pending
+        with pytest.raises(RuntimeError, match="closed"):
+            await fleet.__aenter__()
+
+
 async def test_cancelling_the_body_stops_the_watcher(anyio_backend: Any, redis_url: str) -> None:
     before = asyncio.all_tasks()
     async with RedisBackend(redis_url, instance="solo") as backend:

@@ -169,6 +169,7 @@ class FleetBreaker:
     """
 
     __slots__ = (
+        "_attached",
         "_backend",
         "_breaker",
         "_channel",
@@ -240,6 +241,17 @@ class FleetBreaker:
         self._wake: anyio.Event | None = None
         self._task_group: TaskGroup | None = None
         breaker.add_listener(self._on_breaker_event)
+        self._attached = True
+
+    def close(self) -> None:
+        """Stop reporting the local breaker's openings: detach from it (idempotent).
+
+        The local breaker holds this fleet breaker through its listener until then; call it (after
+        leaving ``async with``) when the fleet breaker is dropped and the local breaker lives on.
+        """
+        if self._attached:
+            self._attached = False
+            self._breaker.remove_listener(self._on_breaker_event)
 
     # -- introspection -----------------------------------------------------------------------------
 
@@ -325,6 +337,8 @@ class FleetBreaker:
     async def __aenter__(self) -> FleetBreaker:
         if self._task_group is not None:
             raise RuntimeError(f"fleet breaker {self._name!r} is already running")
+        if not self._attached:
+            raise RuntimeError(f"fleet breaker {self._name!r} is closed")
         self._wake = anyio.Event()
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
