@@ -1,0 +1,207 @@
+"""One operation's compiled stack: what :class:`~dwcp_resilience.ResilienceManager` runs per call.
+
+:class:`_Components` holds at most one policy of each kind; :class:`_Stack` compiles them once per
+registration into an immutable runner (the manager swaps stacks whole, so a call in flight keeps the
+stack it started with); :class:`_Counts` are the operation's outcome counters, shared by the
+stacks that replace each other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from .core._fused import WAIT, admission_of, fuse
+from .core.clock import Clock
+from .core.context import OperationContext, _current, _deadline
+from .core.errors import Rejected
+from .policies.adaptive import AdaptiveRateLimiter
+from .policies.breaker import CircuitBreaker
+from .policies.bulkhead import Bulkhead
+from .policies.chaos import Chaos
+from .policies.ratelimit import RateLimiter
+from .policies.retry import Retry
+from .policies.timeout import Timeout
+from .slo.error_budget import ErrorBudget
+from .slo.latency_budget import LatencyBudget
+
+__all__ = ()
+
+T = TypeVar("T")
+Operation = Callable[[OperationContext], Awaitable[T]]
+
+_INF = math.inf
+_ctx_set = _current.set
+_ctx_reset = _current.reset
+_deadline_get = _deadline.get
+
+
+@dataclass(frozen=True, slots=True)
+class _Components:
+    bulkhead: Bulkhead | None = None
+    retry: Retry | None = None
+    breaker: CircuitBreaker | None = None
+    limiter: RateLimiter | AdaptiveRateLimiter | None = None
+    timeout: Timeout | None = None
+    chaos: Chaos | None = None
+    deadline: float | None = None
+    error_budget: ErrorBudget | None = None
+    latency_budget: LatencyBudget | None = None
+    budget_shares_clock: bool = False  # the error budget reads the manager's clock
+
+    def layers(self) -> list[tuple[str, Any]]:
+        return [
+            (kind, policy)
+            for kind, policy in (
+                ("bulkhead", self.bulkhead),
+                ("retry", self.retry),
+                ("circuit_breaker", self.breaker),
+                ("rate_limiter", self.limiter),
+                ("timeout", self.timeout),
+                ("chaos", self.chaos),
+            )
+            if policy is not None
+        ]
+
+
+class _Counts:
+    __slots__ = ("calls", "cancelled", "failures", "rejected", "successes")
+
+    def __init__(self) -> None:
+        self.calls = self.successes = self.failures = self.rejected = self.cancelled = 0
+
+
+class _Stack:
+    """One operation's compiled stack: immutable, swapped whole on registration.
+
+    Consecutive admission policies (breaker > limiter) run fused in one frame
+    (:mod:`~dwcp_resilience.core._fused`); a lone admission outermost (the bulkhead) and the
+    deadline scope (``Timeout._open``/``_close``) are entered in :meth:`run`'s own frame. Every frame
+    between a task and its callee is resumed on each suspension of the callee, so each layer saved
+    is saved on every await of ``op``.
+    """
+
+    __slots__ = (
+        "_adaptive",
+        "_budget",
+        "_budget_shares_clock",
+        "_chain",
+        "_clock",
+        "_counts",
+        "_deadline",
+        "_deadline_timeout",
+        "_head",
+        "_latency",
+        "_measure",
+        "_outer",
+        "components",
+        "operation",
+    )
+
+    def __init__(self, operation: str, components: _Components, counts: _Counts, clock: Clock):
+        self.operation = operation
+        self.components = components
+        self._counts = counts
+        self._clock = clock
+        policies = [policy for _, policy in components.layers()]
+        head = admission_of(policies[0]) if policies else None
+        self._head = head
+        calls = [policy.call for policy in fuse(policies[1:] if head is not None else policies)]
+        self._outer: Callable[..., Awaitable[Any]] | None = calls[0] if calls else None
+        self._chain = tuple(calls[1:])
+        self._deadline = components.deadline
+        self._deadline_timeout = Timeout(_INF, name=f"{operation}-deadline")
+        self._budget = components.error_budget
+        self._latency = components.latency_budget
+        limiter = components.limiter
+        self._adaptive = limiter if isinstance(limiter, AdaptiveRateLimiter) else None
+        self._measure = self._latency is not None or self._adaptive is not None
+        self._budget_shares_clock = components.budget_shares_clock
+
+    async def run(self, ctx: OperationContext, op: Operation[T]) -> T:
+        counts = self._counts
+        counts.calls += 1
+        deadline = ctx.deadline
+        if self._deadline is not None:
+            own = self._clock() + self._deadline
+            if deadline is None or own < deadline:
+                ctx = replace(ctx, deadline=own)
+                deadline = own
+        measure = self._measure
+        start = self._clock() if measure else 0.0
+        token = _ctx_set(ctx)
+        try:
+            scope = None
+            if deadline is not None and deadline < _deadline_get():
+                deadline_token = _deadline.set(deadline)
+                try:
+                    scope = self._deadline_timeout._open()
+                except BaseException:
+                    _deadline.reset(deadline_token)
+                    raise
+            try:
+                head = self._head
+                if head is not None:
+                    enter, wait, head_exit, _, _ = head
+                    ticket = enter()
+                    if ticket is WAIT:
+                        ticket = await wait()
+                outer = self._outer
+                try:
+                    result = await (op(ctx) if outer is None else outer(*self._chain, op, ctx))
+                except BaseException as exc:
+                    if head is not None and head_exit is not None:
+                        head_exit(ticket, exc, None)
+                    raise
+                if head is not None and head_exit is not None:
+                    head_exit(ticket, None, result)
+            except BaseException as exc:
+                if scope is not None:
+                    expired = self._deadline_timeout._close(scope, exc)
+                    _deadline.reset(deadline_token)
+                    if expired is not None:
+                        raise expired from exc
+                raise
+            if scope is not None:
+                expired = self._deadline_timeout._close(scope, None)
+                _deadline.reset(deadline_token)
+                if expired is not None:
+                    raise expired  # noqa: TRY301 - raised in this frame on purpose (no extra frame)
+        except Rejected:
+            counts.rejected += 1
+            if self._budget is not None:
+                self._budget.record(False)
+            raise
+        except Exception:
+            counts.failures += 1
+            self._finish(False, start)
+            raise
+        except BaseException:
+            counts.cancelled += 1
+            raise
+        finally:
+            _ctx_reset(token)
+        counts.successes += 1
+        if measure or self._budget is not None:
+            self._finish(True, start)
+        return result
+
+    def _finish(self, ok: bool, start: float) -> None:
+        """Record a completed call: one clock read serves the latency and the error budget."""
+        budget = self._budget
+        if not self._measure:
+            if budget is not None:
+                budget.record(ok)
+            return
+        end = self._clock()
+        if budget is not None:
+            budget.record(ok, end if self._budget_shares_clock else None)
+        self._observe(end - start)
+
+    def _observe(self, elapsed: float) -> None:
+        if self._latency is not None:
+            self._latency.record(elapsed)
+        if self._adaptive is not None:
+            self._adaptive.record_latency(elapsed)
