@@ -137,7 +137,8 @@ class BreakerStateChanged(Event):
     Reasons: ``consecutive_failures``, ``failure_rate``, ``slow_call_rate`` (CLOSED -> OPEN);
     ``reset_timeout`` (OPEN -> HALF_OPEN); ``probe_failed``, ``slow_probe``, ``half_open_max_wait``
     (HALF_OPEN -> OPEN); ``probes_succeeded`` (HALF_OPEN -> CLOSED); ``reset``, ``force_open``,
-    ``disable`` (manual).
+    ``disable`` (manual); the ``reason`` given to :meth:`CircuitBreaker.trip` (``tripped`` by
+    default, ``fleet_quorum`` from a :class:`~dwcp_resilience.redis.FleetBreaker`; not manual).
     """
 
     old: BreakerState
