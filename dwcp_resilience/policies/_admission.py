@@ -1,8 +1,8 @@
 """The admissions (see :mod:`dwcp_resilience.core._fused`) of the breaker, limiter and bulkhead.
 
 Each builder returns closures over one policy instance, so the fused frame reaches the policy's
-state through cell variables instead of attribute lookups on ``self``. Each ``enter`` is the fast path
-of the policy's own ``call`` (kept in step with it), and falls back to the same general code: the
+state through cell variables instead of attribute lookups on ``self``. Each ``enter`` takes the fast
+path of the policy's own ``call`` (kept in step with it) and otherwise the same general code: the
 breaker's ``_begin``/``_end``/``_record_exception``, the limiter's FIFO ``_wait``, the bulkhead's
 queue ``_wait`` and ``_release``. The policy modules call these builders from ``_admission()``.
 """
@@ -10,10 +10,9 @@ queue ``_wait`` and ``_release``. The policy modules call these builders from ``
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..core._fused import WAIT, Admission
-from .breaker_core import CLOCK_SLACK, CLOSED, ROUTE_OPEN
 
 if TYPE_CHECKING:
     from .breaker import CircuitBreaker
@@ -34,10 +33,7 @@ def breaker_admission(breaker: CircuitBreaker) -> Admission:
 
     The caller checks fusability first (no per-call timeout, ``call`` not overridden).
     """
-    from .breaker import _circuit_open, _clock_get, _resolve_clock  # noqa: PLC0415 - no cycle
-
     core = breaker._core
-    name = breaker._name
     begin, end, record_exception = breaker._begin, breaker._end, breaker._record_exception
     fast_exception, fast_stale = breaker._fast_exception, breaker._fast_stale
 
@@ -45,19 +41,7 @@ def breaker_admission(breaker: CircuitBreaker) -> Admission:
         epoch = core.route
         if epoch >= 0:  # CLOSED, consecutive mode: no clock, no allocation
             return epoch
-        if epoch == ROUTE_OPEN:  # one clock read, one fresh exception
-            clock = breaker._clock
-            now = (_clock_get(None) or _resolve_clock())() if clock is None else clock()
-            until = core.reject_until
-            if now < until:
-                core.rejected += 1
-                if breaker._emit_rejections:
-                    breaker._emit_rejected(now, until - now + CLOCK_SLACK)
-                raise _circuit_open(name, until - now + CLOCK_SLACK)
-        if core.state is CLOSED and breaker._plain:
-            core.admitted += 1
-            return (core.epoch, None)
-        return begin()
+        return begin()  # the general path: (ticket, start), or CircuitOpen
 
     def exit_(ticket: object, exc: BaseException | None, result: object) -> None:
         if type(ticket) is int:
@@ -69,11 +53,11 @@ def breaker_admission(breaker: CircuitBreaker) -> Admission:
             else:
                 fast_stale()
         else:
-            assert isinstance(ticket, tuple)
+            epoch, start = cast(tuple[int, float | None], ticket)
             if exc is None:
-                end(ticket[0], ticket[1], result)
+                end(epoch, start, result)
             else:
-                record_exception(ticket[0], exc, ticket[1])
+                record_exception(epoch, exc, start)
 
     def pair(inner: Admission) -> Callable[..., Awaitable[Any]] | None:
         from .ratelimit import RateLimiter  # noqa: PLC0415 - no cycle
@@ -95,7 +79,7 @@ def _breaker_limiter(
 ) -> Callable[..., Awaitable[Any]]:
     """Breaker > limiter in one frame, both fast paths inlined (the manager's and the usual pair).
 
-    Same steps as ``Fused(breaker, limiter).call``: the breaker admits (its CLOSED fast path reads
+    Same steps as ``breaker.call(limiter.call, fn)``: the breaker admits (its CLOSED fast path reads
     ``route`` only), the limiter takes a token at once or waits FIFO (a rejection or cancellation
     there reaches the breaker as the inner call's exception: neutral), then the callee runs.
     """
