@@ -213,6 +213,7 @@ class Timeout(PolicyBase):
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)``; raise ``DeadlineExceeded`` if our deadline fires first."""
+        # The asyncio half of `_open`/`_close`, inlined: this is the timeout's hot path.
         loop = _fast_loop
         if loop is not None and loop._thread_id == _get_ident():
             sweeper = _last_sweeper
@@ -255,19 +256,18 @@ class Timeout(PolicyBase):
     async def _call_trio(
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        import trio  # noqa: PLC0415 - only on trio
-
-        now = trio.current_time()
-        deadline = min(now + self._seconds, _deadline_get())
-        if deadline <= now:
-            raise self._expired()
-        token = _deadline_set(deadline)
+        entry = self._open_trio()
         try:
-            with trio.CancelScope(deadline=deadline):
-                return await fn(*args, **kwargs)
-        finally:
-            _deadline_reset(token)
-        raise self._expired()  # reached only when our own scope caught its cancellation
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            expired = self._close(entry, exc)
+            if expired is not None:
+                raise expired from exc
+            raise
+        expired = self._close(entry, None)
+        if expired is not None:
+            raise expired
+        return result
 
     def _open(self) -> _AsyncioEntry | _TrioEntry:
         """Enter this timeout's scope in the caller's frame (``async with`` and the manager).
