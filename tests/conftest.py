@@ -14,7 +14,10 @@ sleep for long stretches (they then run on asyncio and trio only).
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import looptime
@@ -70,6 +73,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "real_time: real sockets, threads or processes (every backend, real time)"
     )
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """The promtool binary (Debian package prometheus): skipped locally without it, failed in CI."""
+    found = shutil.which("promtool") or "/usr/bin/promtool"
+    if not Path(found).exists():
+        if os.environ.get("CI"):
+            pytest.fail(
+                "promtool is missing (Debian package prometheus; scripts/install-sysdeps.sh)"
+            )
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -29,19 +27,6 @@ from dwcp_resilience.ops import (
     write_ops,
 )
 from dwcp_resilience.ops._dashboard import render_dashboard
-
-PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    if not Path(PROMTOOL).exists():
-        if os.environ.get("CI"):
-            pytest.fail(
-                "promtool is missing (Debian package prometheus; scripts/install-sysdeps.sh)"
-            )
-        pytest.skip("promtool is not installed (Debian package prometheus)")
-    return PROMTOOL
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,6 @@ two processes would have.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -324,9 +323,8 @@ async def test_redis_killed_then_back_shows_in_the_fleet_families(anyio_backend:
 # -- without Redis --------------------------------------------------------------------------------
 
 
-async def test_every_fleet_family_is_filled_without_a_redis_call(anyio_backend: Any) -> None:
-    """Fresh fleet primitives on a backend that was never reached: every fleet family has a
-    sample, and the exposition passes ``promtool check metrics`` when promtool is there."""
+async def _fresh_fleet_exposition() -> str:
+    """The exposition of fresh fleet primitives on a backend that was never reached."""
     async with RedisBackend(UNUSED_URL) as backend:
         primitives = (
             RedisRateLimiter(backend, "api", rate=10, burst=2),
@@ -337,14 +335,20 @@ async def test_every_fleet_family_is_filled_without_a_redis_call(anyio_backend: 
         with ResilienceCollector(registry=registry) as collector:
             for primitive in primitives:
                 collector.track(primitive)
-            text = generate_latest(registry).decode()
-    samples = parse(text)
+            return generate_latest(registry).decode()
+
+
+async def test_every_fleet_family_is_filled_without_a_redis_call(anyio_backend: Any) -> None:
+    """Fresh fleet primitives on a backend that was never reached: every fleet family has a
+    sample."""
+    samples = parse(await _fresh_fleet_exposition())
     assert {f"dwcp_{key}" for key in FLEET_KEYS} <= names(samples)
     for kind, name in (("limiter", "api"), ("breaker", "payments"), ("budget", "api")):
         assert value(samples, "dwcp_fleet_shared_state", **fleet(kind, name)) == 1
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        return
+
+
+async def test_the_fleet_exposition_passes_promtool(anyio_backend: Any, promtool: str) -> None:
+    text = await _fresh_fleet_exposition()
     result = await anyio.run_process(
         [promtool, "check", "metrics"], input=text.encode(), check=False
     )
