@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anyio
 import pytest
 from redis.exceptions import ResponseError
 
@@ -77,14 +78,8 @@ async def test_dead_redis_is_unavailable_then_fails_fast_then_recovers(anyio_bac
             deadline = time.monotonic() + 5.0
             while not await backend.ping():
                 assert time.monotonic() < deadline, "never reconnected"
-                await _sleep(0.05)
+                await anyio.sleep(0.05)
             assert guard.statistics().state is BreakerState.CLOSED
-
-
-async def _sleep(seconds: float) -> None:
-    import anyio
-
-    await anyio.sleep(seconds)
 
 
 @pytest.mark.parametrize(
@@ -128,3 +123,19 @@ def test_fallback_tracker_emits_one_event_per_change() -> None:
     assert isinstance(fallback, FleetFallback) and "refused" in fallback.reason
     assert isinstance(restored, FleetRestored) and restored.down_for == pytest.approx(2.5)
     assert fallback.policy == restored.policy == "limiter:api"
+
+
+async def test_a_cancelled_call_is_neutral_and_the_backend_stays_usable(
+    anyio_backend: Any, redis_url: str
+) -> None:
+    """Cancelled while Redis holds the reply (a blocking BLPOP): no failure counted, nothing in
+    flight, and the next call works on a sound connection."""
+    async with RedisBackend(redis_url, timeout=5.0) as backend:
+        with anyio.move_on_after(0.2) as scope:
+            await backend.run(backend.client.blpop, ["never-filled"], timeout=3)
+        assert scope.cancelled_caught
+        stats = backend.breaker.statistics()
+        assert (stats.failures, stats.inflight, stats.state) == (0, 0, BreakerState.CLOSED)
+        assert await backend.ping()
+        await backend.run(backend.client.rpush, "list", b"x")
+        assert await backend.run(backend.client.lpop, "list") == b"x"
