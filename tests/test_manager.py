@@ -112,6 +112,25 @@ async def test_each_attempt_passes_the_breaker_and_spends_a_token(anyio_backend:
     assert retry.statistics().successes == 0
 
 
+async def test_nothing_runs_until_the_call_is_awaited(anyio_backend: Any) -> None:
+    rm = ResilienceManager("m")
+    limiter = RateLimiter("op", rate=0.001, burst=1)
+    rm.register("op", limiter)
+    ran: list[str] = []
+
+    async def op(ctx: OperationContext) -> str:
+        ran.append(ctx.operation)
+        return "done"
+
+    pending = rm.execute_with_all_protections("op", op)
+    assert ran == [] and rm.statistics("op").calls == 0
+    assert limiter.statistics().allowed == 0  # no token taken before the await
+    assert await pending == "done"
+    assert ran == ["op"] and rm.statistics("op").calls == 1
+    rm.execute_with_all_protections("op", op).close()  # dropped unawaited: no effect
+    assert rm.statistics("op").calls == 1 and limiter.statistics().allowed == 1
+
+
 async def test_errors_propagate_unchanged_and_results_return(anyio_backend: Any) -> None:
     rm = ResilienceManager("m")
     rm.register_circuit_breaker("op", timeout=1.0)
