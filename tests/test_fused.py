@@ -578,3 +578,21 @@ def test_manager_stack_matches_the_plain_chain(
         anyio.run(
             main, backend="asyncio", backend_options={"loop_factory": looptime.new_event_loop}
         )
+
+
+async def test_pipeline_call_returns_the_outer_layer_awaitable(backend_name: str) -> None:
+    """As documented: ``Pipeline.call`` is the outer layer's call, so an outermost RateLimiter
+    (whose ``call`` is a plain function) takes its token when ``call`` is called."""
+    limiter = RateLimiter("l", rate=0.001, burst=2)
+    breaker = CircuitBreaker("b")
+    pipeline = Pipeline(limiter, breaker)
+
+    async def op() -> str:
+        return "ok"
+
+    pending = pipeline.call(op)
+    assert limiter.statistics().allowed == 1
+    assert await pending == "ok"
+    assert breaker.statistics().successes == 1
+    empty = Pipeline()
+    assert await empty.call(op) == "ok"
