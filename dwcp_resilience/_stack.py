@@ -76,8 +76,8 @@ class _Counts:
 class _Stack:
     """One operation's compiled stack: immutable, swapped whole on registration.
 
-    Consecutive admission policies (breaker > limiter) run fused in one frame
-    (:mod:`~dwcp_resilience.core._fused`); a lone admission outermost (the bulkhead) and the
+    A breaker followed by a limiter runs fused in one frame
+    (:mod:`~dwcp_resilience.core._fused`); the outermost policy's admission (the bulkhead) and the
     deadline scope (``Timeout._open``/``_close``) are entered in :meth:`run`'s own frame. Every frame
     between a task and its callee is resumed on each suspension of the callee, so each layer saved
     is saved on every await of ``op``.

@@ -96,13 +96,12 @@ class Pipeline(PolicyBase):
     no closure is built per call, the pipeline adds no coroutine frame of its own, and each policy
     sees the call exactly as if it wrapped the next one by hand.
 
-    Consecutive admission policies (a :class:`~dwcp_resilience.CircuitBreaker` without a per-call
-    ``timeout``, a :class:`~dwcp_resilience.RateLimiter`, a :class:`~dwcp_resilience.Bulkhead`) are
-    fused: ``Pipeline(breaker, limiter).call(fn)`` admits through both, awaits ``fn`` and records
-    the outcome in one frame (a frame costs on every suspension of the callee), with the same
-    semantics as the unfused chain: the same order, the breaker sees the limiter's ``RateLimited``
-    and a cancelled wait as neutral outcomes, a queued limiter or bulkhead waits first in, first out,
-    and whatever was admitted is released exactly once. See :mod:`dwcp_resilience.core._fused`.
+    A :class:`~dwcp_resilience.CircuitBreaker` (without a per-call ``timeout``) followed by a
+    :class:`~dwcp_resilience.RateLimiter` is fused: ``Pipeline(breaker, limiter).call(fn)`` admits
+    through both, awaits ``fn`` and records the outcome in one frame (a frame costs on every
+    suspension of the callee), with the chain's semantics: the breaker sees the limiter's
+    ``RateLimited`` and a cancelled wait as neutral outcomes, and a queued limiter waits first in,
+    first out. See :mod:`dwcp_resilience.core._fused`.
 
     ``call`` returns the outermost layer's awaitable without awaiting it; await it at once (a
     :class:`~dwcp_resilience.RateLimiter` outermost takes its token when ``call`` is called).
@@ -119,7 +118,7 @@ class Pipeline(PolicyBase):
             if not callable(getattr(policy, "call", None)):
                 raise TypeError(f"Pipeline element {policy!r} is not a policy (no .call)")
         self.policies: tuple[Policy, ...] = policies
-        #: What runs, outermost first: the policies, with each run of fusable ones as one layer.
+        #: What runs, outermost first: the policies, with a fused breaker + limiter as one layer.
         self.layers: tuple[Policy, ...] = tuple(fuse(policies))
         calls: list[Callable[..., Awaitable[Any]]] = [p.call for p in self.layers]
         self._call: Callable[..., Awaitable[Any]] = calls[0] if calls else _direct
