@@ -216,7 +216,7 @@ async def test_records_too_old_to_flush_are_counted_as_dropped(
     anyio_backend: Any, redis_url: str
 ) -> None:
     clock = FakeClock()
-    async with RedisBackend(redis_url, instance="a", timeout=0.2) as backend:
+    async with RedisBackend(redis_url, instance="a", timeout=2.0) as backend:
         budget = FleetErrorBudget(backend, "api", slo=0.9, window=10.0, bucket=1.0, clock=clock)
         with collected(budget, budget.local) as scrape:  # the local budget tracked too: once
             backend.breaker.force_open()
@@ -251,9 +251,9 @@ async def test_redis_killed_then_back_shows_in_the_fleet_families(anyio_backend:
     def backend(server: RedisServer) -> RedisBackend:
         """One backend (and guard) per primitive, so that exactly one outage is seen by each."""
         guard = CircuitBreaker(
-            "guard", max_failures=1, reset_timeout=0.1, half_open_successes=1, timeout=0.2
+            "guard", max_failures=1, reset_timeout=0.1, half_open_successes=1, timeout=2.0
         )
-        return RedisBackend(server.url, instance="a", timeout=0.2, breaker=guard)
+        return RedisBackend(server.url, instance="a", timeout=2.0, breaker=guard)
 
     with RedisServer() as server:
         async with backend(server) as one, backend(server) as two, backend(server) as three:

@@ -59,9 +59,9 @@ async def test_script_errors_propagate_and_do_not_trip_the_guard(
 async def test_dead_redis_is_unavailable_then_fails_fast_then_recovers(anyio_backend: Any) -> None:
     with RedisServer() as server:
         guard = CircuitBreaker(
-            "guard", max_failures=2, reset_timeout=0.3, half_open_successes=1, timeout=0.2
+            "guard", max_failures=2, reset_timeout=0.3, half_open_successes=1, timeout=2.0
         )
-        async with RedisBackend(server.url, timeout=0.2, breaker=guard) as backend:
+        async with RedisBackend(server.url, timeout=2.0, breaker=guard) as backend:
             assert await backend.ping()
             server.stop()
             for _ in range(2):

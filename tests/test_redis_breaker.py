@@ -104,7 +104,7 @@ async def _fleet(
                 RedisBackend(
                     url,
                     instance=f"node-{i}",
-                    timeout=0.2,
+                    timeout=2.0,
                     breaker=guard() if guard is not None else None,
                 )
             )
@@ -328,7 +328,7 @@ async def test_cancelling_the_body_stops_the_watcher(anyio_backend: Any, redis_u
 async def test_redis_killed_mid_run_falls_back_and_resumes(anyio_backend: Any) -> None:
     def guard() -> CircuitBreaker:
         return CircuitBreaker(
-            "guard", max_failures=1, reset_timeout=0.2, half_open_successes=1, timeout=0.2
+            "guard", max_failures=1, reset_timeout=0.2, half_open_successes=1, timeout=2.0
         )
 
     with RedisServer() as server:
@@ -369,7 +369,7 @@ async def test_a_restart_that_lost_reports_gets_them_again(anyio_backend: Any) -
 
     def guard() -> CircuitBreaker:
         return CircuitBreaker(
-            "guard", max_failures=1, reset_timeout=0.1, half_open_successes=1, timeout=0.2
+            "guard", max_failures=1, reset_timeout=0.1, half_open_successes=1, timeout=2.0
         )
 
     with RedisServer() as server:

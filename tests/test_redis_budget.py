@@ -45,7 +45,7 @@ async def _budgets(
         budgets = []
         for i in range(count):
             backend = await stack.enter_async_context(
-                RedisBackend(url, instance=f"node-{i}", timeout=0.2)
+                RedisBackend(url, instance=f"node-{i}", timeout=2.0)
             )
             budget = FleetErrorBudget(backend, "api", **options)
             if run:
@@ -141,7 +141,7 @@ async def test_an_outage_keeps_the_deltas_and_flushes_them_once(
 ) -> None:
     """Redis unavailable (the guard is open): deltas wait; on return they are counted once."""
     recorder: RecordingListener[Event] = RecordingListener()
-    async with RedisBackend(redis_url, instance="a", timeout=0.2) as backend:
+    async with RedisBackend(redis_url, instance="a", timeout=2.0) as backend:
         budget = FleetErrorBudget(
             backend, "api", slo=0.9, window=60.0, bucket=1.0, listeners=[recorder]
         )
@@ -168,7 +168,7 @@ async def test_a_lost_reply_is_not_counted_twice(
     anyio_backend: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The script ran but its reply was lost: the batch is sent again and found applied."""
-    async with RedisBackend(redis_url, instance="a", timeout=0.2) as backend:
+    async with RedisBackend(redis_url, instance="a", timeout=2.0) as backend:
         budget = FleetErrorBudget(backend, "api", slo=0.9, window=60.0, bucket=1.0)
         real_run = backend.run
 
@@ -193,7 +193,7 @@ async def test_a_lost_reply_is_not_counted_twice(
 async def test_cancelling_a_flush_loses_and_doubles_nothing(
     anyio_backend: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch, applied: bool
 ) -> None:
-    async with RedisBackend(redis_url, instance="a", timeout=0.2) as backend:
+    async with RedisBackend(redis_url, instance="a", timeout=2.0) as backend:
         budget = FleetErrorBudget(backend, "api", slo=0.9, window=60.0, bucket=1.0)
         real_run = backend.run
 
@@ -221,7 +221,7 @@ async def test_redis_killed_mid_run(anyio_backend: Any) -> None:
     (what Redis held before the kill is gone with it: no persistence)."""
     recorder: RecordingListener[Event] = RecordingListener()
     with RedisServer() as server:
-        async with RedisBackend(server.url, instance="a", timeout=0.2) as backend:
+        async with RedisBackend(server.url, instance="a", timeout=2.0) as backend:
             budget = FleetErrorBudget(
                 backend, "api", slo=0.9, window=60.0, bucket=1.0, listeners=[recorder]
             )
@@ -246,7 +246,7 @@ async def test_redis_killed_mid_run(anyio_backend: Any) -> None:
 
 async def test_old_deltas_are_dropped_during_an_outage(anyio_backend: Any, redis_url: str) -> None:
     clock = FakeClock()
-    async with RedisBackend(redis_url, instance="a", timeout=0.2) as backend:
+    async with RedisBackend(redis_url, instance="a", timeout=2.0) as backend:
         budget = FleetErrorBudget(
             backend, "api", slo=0.9, window=10.0, bucket=1.0, clock=clock, min_requests=0
         )

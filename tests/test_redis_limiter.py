@@ -205,7 +205,7 @@ async def test_leases_serve_locally_and_expire(anyio_backend: Any, redis_url: st
 
 async def test_fail_closed_rejects_while_redis_is_down(anyio_backend: Any) -> None:
     with RedisServer() as server:
-        async with RedisBackend(server.url, timeout=0.2) as backend:
+        async with RedisBackend(server.url, timeout=2.0) as backend:
             limiter = _limiter(backend, on_unavailable="reject")
             assert await limiter.try_acquire()
             server.stop()
@@ -221,9 +221,9 @@ async def test_redis_killed_mid_run_falls_back_then_resumes(anyio_backend: Any) 
     recorder: RecordingListener[Event] = RecordingListener()
     with RedisServer() as server:
         guard = CircuitBreaker(
-            "guard", max_failures=2, reset_timeout=0.2, half_open_successes=1, timeout=0.2
+            "guard", max_failures=2, reset_timeout=0.2, half_open_successes=1, timeout=2.0
         )
-        async with RedisBackend(server.url, timeout=0.2, breaker=guard) as backend:
+        async with RedisBackend(server.url, timeout=2.0, breaker=guard) as backend:
             limiter = _limiter(
                 backend, rate=1000, burst=100, fleet_size=4, lease_max=1, listeners=[recorder]
             )
