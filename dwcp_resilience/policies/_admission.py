@@ -65,7 +65,7 @@ def breaker_admission(breaker: CircuitBreaker) -> Admission:
         limiter = inner.policy
         if inner.exit is not None or type(limiter) is not RateLimiter:
             return None
-        return _breaker_limiter(breaker, enter, exit_, limiter, inner.wait)
+        return _breaker_limiter(breaker, enter, exit_, inner.enter, inner.wait)
 
     return Admission(enter, _never_wait, exit_, breaker, pair)
 
@@ -74,38 +74,22 @@ def _breaker_limiter(
     breaker: CircuitBreaker,
     enter: Callable[[], object],
     exit_: Callable[[object, BaseException | None, object], None],
-    limiter: RateLimiter,
+    take: Callable[[], object],
     wait: Callable[[], Awaitable[object]],
 ) -> Callable[..., Awaitable[Any]]:
-    """Breaker > limiter in one frame, both fast paths inlined (the manager's and the usual pair).
+    """Breaker > limiter in one frame, the breaker's fast path inlined (the manager's usual pair).
 
     Same steps as ``breaker.call(limiter.call, fn)``: the breaker admits (its CLOSED fast path reads
     ``route`` only), the limiter takes a token at once or waits FIFO (a rejection or cancellation
     there reaches the breaker as the inner call's exception: neutral), then the callee runs.
     """
-    from .ratelimit import _monotonic  # noqa: PLC0415 - no cycle
-
     core = breaker._core
 
     async def call(fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         ticket: object = core.route
         if core.route < 0:  # the breaker's general path: may raise CircuitOpen
             ticket = enter()
-        std = limiter._std
-        if std is not None and std._thread_id is not None:
-            now = _monotonic()
-        else:
-            loop = limiter._loop
-            now = loop.time() if loop is not None and loop.is_running() else limiter._now()
-        tat = limiter._tat
-        floor = now - limiter._burst_time
-        if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
-            tat = floor
-        tat += limiter._inv_rate
-        if tat <= now:
-            limiter._tat = tat
-            limiter.allowed += 1
-        else:
+        if take() is WAIT:
             try:
                 await wait()
             except BaseException as exc:
