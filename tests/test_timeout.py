@@ -337,6 +337,41 @@ async def test_sweeper_heap_stays_bounded(backend_name: str) -> None:
     assert sweeper.live == 0
 
 
+async def test_sweeper_drops_done_deadlines_at_once(backend_name: str) -> None:
+    """Calls of one timeout end in deadline order here: each done entry leaves the heap when its
+    call ends (entries die young), also with calls in flight that end out of order."""
+    if backend_name == "trio":
+        pytest.skip("the sweeper is asyncio's")
+    sweeper = timeout_module._sweeper_for(asyncio.get_running_loop())
+    timeout = Timeout(60)
+    before = len(sweeper.heap)
+
+    async def noop() -> None:
+        return None
+
+    for _ in range(100):
+        await timeout.call(noop)
+    assert len(sweeper.heap) == before
+
+    gates = [anyio.Event() for _ in range(8)]
+
+    async def held(gate: anyio.Event) -> None:
+        await timeout.call(gate.wait)
+
+    async with anyio.create_task_group() as tg:
+        for gate in gates:
+            tg.start_soon(held, gate)
+        await anyio.wait_all_tasks_blocked()
+        assert len(sweeper.heap) == before + 8
+        for gate in reversed(gates[1:]):  # the later deadlines end first: kept until the first
+            gate.set()
+            await anyio.wait_all_tasks_blocked()
+        assert len(sweeper.heap) == before + 8
+        gates[0].set()
+    assert len(sweeper.heap) == before
+    assert sweeper.live == 0
+
+
 @pytest.mark.virtual_time
 async def test_callee_swallowing_cancellation_returns_its_value(anyio_backend: Any) -> None:
     """A callee that swallows our cancellation returns normally (as with asyncio.timeout)."""
