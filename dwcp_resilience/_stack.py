@@ -3,7 +3,9 @@
 :class:`_Components` holds at most one policy of each kind; :class:`_Stack` compiles them once per
 registration into an immutable runner (the manager swaps stacks whole, so a call in flight keeps the
 stack it started with); :class:`_Counts` are the operation's outcome counters, shared by the
-stacks that replace each other.
+stacks that replace each other. The manager builds the usual stack as a
+:class:`~dwcp_resilience._lane._LaneStack`, which runs a call's first attempt in one frame and falls
+back to :meth:`_Stack.run` whenever an admission is not there at once.
 """
 
 from __future__ import annotations

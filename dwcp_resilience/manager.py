@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
+from ._lane import lane_for
 from ._stack import _Components, _Counts, _Stack
 from .core.clock import Clock, loop_time
 from .core.context import OperationContext
@@ -178,7 +179,9 @@ class ResilienceManager:
                 warnings.warn(message, PipelineWarning, stacklevel=3)
             counts = self._counts.setdefault(operation, _Counts())
             self._components[operation] = new
-            self._stacks[operation] = _Stack(operation, new, counts, self._clock)
+            self._stacks[operation] = lane_for(operation, new, counts, self._clock) or _Stack(
+                operation, new, counts, self._clock
+            )
 
     def register(self, operation: str, *policies: object) -> None:
         """Register built policy objects (of any kind below) for ``operation``.

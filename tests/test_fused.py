@@ -26,6 +26,7 @@ from dwcp_resilience import (
     BulkheadFull,
     CircuitBreaker,
     CircuitOpen,
+    CountWindow,
     OperationContext,
     Pipeline,
     RateLimited,
@@ -34,9 +35,12 @@ from dwcp_resilience import (
     Retry,
     Timeout,
 )
+from dwcp_resilience._lane import _LaneStack
+from dwcp_resilience._stack import _Stack
 from dwcp_resilience.core._fused import fuse
 from dwcp_resilience.policies.backoff import ConstantBackoff
 from dwcp_resilience.slo.error_budget import ErrorBudget
+from dwcp_resilience.slo.latency_budget import LatencyBudget
 from dwcp_resilience.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -448,34 +452,78 @@ class _ChainedLimiter(RateLimiter):
         return await super().call(fn, *args, **kwargs)
 
 
-MANAGER_ACTIONS = ("ok", "fail", "flaky", "ignored", "slow", "deadline", "cancel", "reset", "full")
+MANAGER_ACTIONS = (
+    "ok",
+    "fail",
+    "flaky",
+    "ignored",
+    "slow",
+    "deadline",
+    "cancel",
+    "cancel_in_op",  # an outer cancellation while op runs inside the attempt timeout
+    "cancel_in_backoff",  # an outer cancellation during the retry's backoff
+    "reset",
+    "full",
+)
+
+
+BREAKER_KINDS = ("fast", "timed", "window")
 
 
 class ManagerRig:
-    """bulkhead > retry > breaker > limiter > attempt timeout on the loop clock: with the stock
-    policies (the manager fuses them and enters the bulkhead in its own frame), or with subclasses
-    whose own ``call`` makes the manager chain every policy's ``call`` as written."""
+    """bulkhead > retry > breaker > limiter > attempt timeout on the loop clock, with an error and a
+    latency budget: with the stock policies (the manager runs them in its fast lane,
+    ``dwcp_resilience._lane``, on asyncio, and fused on trio), or with subclasses whose own ``call``
+    makes the manager chain every policy's ``call`` as written.
 
-    def __init__(self, fused: bool, max_failures: int) -> None:
+    ``breaker``: ``fast`` (consecutive count), ``timed`` (``record_latency=True``: the lane fills
+    the histogram) or ``window`` (a count window with a failure rate: the lane admits through the
+    core's counters)."""
+
+    def __init__(
+        self, fused: bool, max_failures: int, breaker: str = "fast", backoff: float = 0.5
+    ) -> None:
+        self.backoff = backoff
         self.rm = ResilienceManager("m")
         self.bulkhead = (Bulkhead if fused else _ChainedBulkhead)(
             "h", max_concurrent=1, max_queue=0
         )
         self.retry = Retry(
-            "r", max_retries=2, backoff=ConstantBackoff(0.5), retry_on=ConnectionError
+            "r", max_retries=2, backoff=ConstantBackoff(backoff), retry_on=ConnectionError
         )
+        kinds: dict[str, dict[str, Any]] = {
+            "fast": {},
+            "timed": {"record_latency": True},
+            "window": {
+                "window": CountWindow(4),
+                "failure_rate_threshold": 0.5,
+                "minimum_calls": 2,
+                "slow_call_duration": 3.0,
+            },
+        }
+        options = kinds[breaker]
         self.breaker = (CircuitBreaker if fused else _ChainedBreaker)(
-            "b", max_failures=max_failures, reset_timeout=1e9, ignore=KeyError
+            "b", max_failures=max_failures, reset_timeout=1e9, ignore=KeyError, **options
         )
         self.limiter = (RateLimiter if fused else _ChainedLimiter)(
             "l", rate=1e-9, burst=10_000, max_wait=0
         )
         self.budget = ErrorBudget("e", slo=0.9, window=1e9)
-        timeout = Timeout(5.0, name="t")
+        self.latency = LatencyBudget("lat", target=0.7, max_samples=8)  # off the 0.5 s grid
+        timeout = Timeout(4.0, name="t")  # off the histogram bounds (2.5, 5.0)
         self.rm.register(
-            "op", self.bulkhead, self.retry, self.breaker, self.limiter, timeout, self.budget
+            "op",
+            self.bulkhead,
+            self.retry,
+            self.breaker,
+            self.limiter,
+            timeout,
+            self.budget,
+            self.latency,
         )
-        assert (self.rm._stacks["op"]._head is not None) is fused
+        stack = self.rm._stacks["op"]
+        assert (stack._head is not None) is fused
+        assert isinstance(stack, _LaneStack) is fused
         self.calls = 0
 
     async def step(self, action: str) -> str:
@@ -489,11 +537,11 @@ class ManagerRig:
             nonlocal attempts
             attempts += 1
             await anyio.lowlevel.checkpoint()
-            if action == "fail" or (action == "flaky" and attempts == 1):
+            if action == "fail" or (action in ("flaky", "cancel_in_backoff") and attempts == 1):
                 raise ConnectionError("down")
             if action == "ignored":
                 raise KeyError("neutral")
-            if action in ("slow", "deadline"):
+            if action in ("slow", "deadline", "cancel_in_op"):
                 await anyio.sleep(10.0)
             return f"ok after {attempts}"
 
@@ -503,6 +551,8 @@ class ManagerRig:
         with anyio.CancelScope() as scope:
             if action == "cancel":
                 scope.cancel()
+            elif action in ("cancel_in_op", "cancel_in_backoff"):
+                scope.deadline = anyio.current_time() + self.backoff / 2
             try:
                 if action == "full":  # a second call while one holds the only permit
                     async with anyio.create_task_group() as tg:
@@ -523,7 +573,7 @@ class ManagerRig:
         stats = self.rm.statistics("op")
         timeless = [
             {
-                f.name: getattr(snapshot, f.name)
+                f.name: _rounded(getattr(snapshot, f.name))
                 for f in dataclasses.fields(snapshot)
                 if f.name not in _CLOCK_FIELDS
             }
@@ -533,6 +583,7 @@ class ManagerRig:
                 self.breaker.statistics(),
                 self.limiter.statistics(),
                 self.budget.statistics(),
+                self.latency.statistics(),
             )
         ]
         counts = (stats.calls, stats.successes, stats.failures, stats.rejected, stats.cancelled)
@@ -542,27 +593,35 @@ class ManagerRig:
 _CLOCK_FIELDS = {"retry_after", "tokens", "availability"}  # readings of the clock
 
 
+def _rounded(value: object) -> object:
+    """Durations are differences of clock readings: the rigs, run one after the other, can differ
+    in the last bits (5.0 against 4.999999999999999)."""
+    return round(value, 9) if isinstance(value, float) else value
+
+
 async def _hold(ctx: OperationContext) -> None:
     await anyio.sleep_forever()
 
 
-@settings(max_examples=40, deadline=None)
+@pytest.mark.parametrize("breaker", BREAKER_KINDS)
+@settings(max_examples=25, deadline=None)
 @given(
     actions=st.lists(st.sampled_from(MANAGER_ACTIONS), min_size=1, max_size=25),
     max_failures=st.integers(1, 4),
     backend=st.sampled_from(["asyncio", "trio"]),
 )
 def test_manager_stack_matches_the_plain_chain(
-    actions: list[str], max_failures: int, backend: str
+    actions: list[str], max_failures: int, breaker: str, backend: str
 ) -> None:
-    """The manager's fused stack gives the caller, its counts and every policy's statistics exactly
-    what the plain chain of each policy's own ``call`` gives, step by step, in virtual time."""
+    """The manager's stack (its fast lane on asyncio, fused on trio) gives the caller, its counts
+    and every policy's statistics exactly what the plain chain of each policy's own ``call`` gives,
+    step by step, in virtual time."""
     import looptime
     import trio.testing
 
     async def main() -> None:
-        fused = ManagerRig(True, max_failures)
-        chained = ManagerRig(False, max_failures)
+        fused = ManagerRig(True, max_failures, breaker)
+        chained = ManagerRig(False, max_failures, breaker)
         for action in actions:
             seen = await fused.step(action)
             assert seen == await chained.step(action), action
@@ -578,6 +637,50 @@ def test_manager_stack_matches_the_plain_chain(
         anyio.run(
             main, backend="asyncio", backend_options={"loop_factory": looptime.new_event_loop}
         )
+
+
+def _counts_only(snapshot: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A snapshot without the durations (real time: they differ between the rigs)."""
+    return tuple(
+        {k: v for k, v in part.items() if not isinstance(v, float) and k != "latency_counts"}
+        if isinstance(part, dict)
+        else part
+        for part in snapshot
+    )
+
+
+@pytest.mark.real_time
+@pytest.mark.parametrize("breaker", BREAKER_KINDS)
+async def test_manager_lane_matches_the_plain_chain_on_every_backend(
+    breaker: str, backend_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvloop too (looptime cannot patch it): same results and counts as the plain chain, and the
+    lane runs every call on asyncio and uvloop that finds every admission open at once (all but
+    the one that finds the bulkhead full, with a consecutive-count breaker)."""
+    fallbacks = 0
+    general = _Stack.run
+
+    def counting(self: _Stack, ctx: OperationContext, op: Any) -> Any:
+        nonlocal fallbacks
+        fallbacks += isinstance(self, _LaneStack)
+        return general(self, ctx, op)
+
+    monkeypatch.setattr(_Stack, "run", counting)
+    fused = ManagerRig(True, 2, breaker, backoff=0.004)
+    chained = ManagerRig(False, 2, breaker, backoff=0.004)
+    actions = ["ok", "flaky", "ignored", "cancel", "cancel_in_op", "cancel_in_backoff", "ok"]
+    actions += ["fail", "reset", "full", "ok"]
+    for action in actions:
+        seen = await fused.step(action)
+        assert seen == await chained.step(action), action
+        assert _counts_only(fused.snapshot()) == _counts_only(chained.snapshot()), action
+    calls = len(actions) - 1 + 1  # "reset" is no call; "full" makes two
+    if backend_name == "trio":
+        assert fallbacks == calls
+    elif breaker == "window":  # the failure rate opens it for a while: those calls take the chain
+        assert 1 < fallbacks < calls
+    else:
+        assert fallbacks == 1
 
 
 async def test_pipeline_call_returns_the_outer_layer_awaitable(backend_name: str) -> None:

@@ -1,0 +1,311 @@
+"""The manager's fast lane: the usual stack run in one frame, with two clock reads per call.
+
+``bulkhead -> retry -> circuit breaker -> rate limiter -> attempt timeout -> op`` is what the DWCP
+client runs on every message. Run as a chain, that is five frames between the task and ``op`` and
+six readings of the same loop clock (the manager's start and end, the breaker's start and end, the
+limiter's, the timeout's). :class:`_LaneStack` runs a call's *first attempt* in :meth:`run`'s own
+frame instead, when every admission can be had at once:
+
+- it first checks, without changing anything, that the bulkhead has a free permit, that the breaker
+  admits on its CLOSED path, that the limiter has a token with nobody queued, and that the timeout's
+  deadline is still ahead; if any check fails the call takes the compiled chain
+  (:meth:`_Stack.run <dwcp_resilience._stack._Stack.run>`) from the start, which waits, rejects or
+  raises exactly as before. Nothing was taken, so nothing is given back;
+- it then takes the permit and the token, admits in the breaker, opens the timeout's deadline, and
+  awaits ``op`` with one clock reading shared by all of them; on return one more reading serves the
+  breaker's latency histogram, the latency budget and the error budget;
+- when the first attempt raises, every policy records the exception as its own ``call`` would (the
+  timeout turns its own expiry into ``DeadlineExceeded``, the breaker classifies), and the retry goes
+  on through :meth:`Retry._retry_loop` around the compiled chain of the inner policies, as
+  ``Retry.call`` does after a failed first attempt.
+
+It runs only on asyncio and uvloop, once the timeout module knows the running loop, and only when
+every clock is the loop's (no injected clock), the policies are the library's own classes (no
+subclass overriding ``call``) and there is no chaos, adaptive limiter, per-breaker timeout, result
+predicate, retry budget or retry ``total_timeout``; any other stack is the plain compiled chain. The
+Hypothesis equivalence test of the manager against hand-chained policies (``tests/test_fused.py``)
+covers both paths.
+"""
+
+from __future__ import annotations
+
+from asyncio import CancelledError
+from asyncio import events as _asyncio_events
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable
+from heapq import heappop, heappush
+from threading import get_ident
+from typing import Any, TypeVar
+
+from ._stack import _Components, _Counts, _Stack
+from .core._fused import fuse
+from .core.clock import Clock, loop_time
+from .core.context import OperationContext, _current, _deadline
+from .core.errors import Rejected
+from .policies import timeout as _to
+from .policies.breaker import CircuitBreaker
+from .policies.breaker_core import CLOSED as _CLOSED
+from .policies.bulkhead import Bulkhead
+from .policies.ratelimit import RateLimiter
+from .policies.retry import Retry
+from .policies.timeout import Timeout
+
+__all__ = ()
+
+T = TypeVar("T")
+Operation = Callable[[OperationContext], Awaitable[T]]
+
+_INF = float("inf")
+_get_running_loop = _asyncio_events._get_running_loop
+_ctx_set = _current.set
+_ctx_reset = _current.reset
+_deadline_get = _deadline.get
+_deadline_set = _deadline.set
+_deadline_reset = _deadline.reset
+_LIVE, _FIRED, _HANDLED = _to._LIVE, _to._FIRED, _to._HANDLED
+_STATE, _CANCELLING = _to._STATE, _to._CANCELLING
+_task_of = _to._task_of
+_seq = _to._seq
+_DONE = _to._DONE
+_COMPACT_MIN = _to._Sweeper.COMPACT_MIN
+
+
+_FAST, _TIMED, _GENERAL = 1, 2, 3
+
+
+def _breaker_mode(breaker: CircuitBreaker) -> int:
+    """How the lane runs ``breaker`` (0: it cannot).
+
+    - ``_FAST``: the core's CLOSED fast route (``route >= 0``), as ``CircuitBreaker.call``.
+    - ``_TIMED``: ``record_latency`` on a consecutive-count breaker (no window, no slow-call
+      threshold): the same fast bookkeeping while CLOSED, plus the histogram, which the lane fills
+      with its shared clock readings.
+    - ``_GENERAL``: admitted while CLOSED through the core's counters, outcomes through the shell.
+    """
+    if (
+        type(breaker).call is not CircuitBreaker.call
+        or breaker._timeout is not None
+        or breaker._result_check
+        or breaker._clock not in (None, loop_time)
+    ):
+        return 0
+    core = breaker._core
+    if core.fast:
+        return _FAST
+    return _TIMED if breaker._timed and core.cfg.fast else _GENERAL
+
+
+def lane_for(
+    operation: str, components: _Components, counts: _Counts, clock: Clock
+) -> _Stack | None:
+    """A :class:`_LaneStack` for ``components`` if the lane can run them, else ``None``."""
+    c = components
+    if clock is not loop_time or c.chaos is not None:
+        return None
+    if c.bulkhead is not None and type(c.bulkhead).call is not Bulkhead.call:
+        return None
+    if c.retry is not None and (type(c.retry).call is not Retry.call or not c.retry._plain):
+        return None
+    if c.breaker is not None and _breaker_mode(c.breaker) == 0:
+        return None
+    if c.limiter is not None and (
+        type(c.limiter) is not RateLimiter or c.limiter._clock not in (None, loop_time)
+    ):
+        return None
+    if c.timeout is not None and type(c.timeout).call is not Timeout.call:
+        return None
+    if (c.bulkhead, c.retry, c.breaker, c.limiter, c.timeout) == (None,) * 5:
+        return None  # nothing to fuse: the plain run is as short
+    return _LaneStack(operation, components, counts, clock)
+
+
+class _LaneStack(_Stack):
+    """A compiled stack whose first attempt runs in one frame (see the module docstring)."""
+
+    __slots__ = ("_attempt", "_breaker_mode", "_inner")
+
+    def __init__(self, operation: str, components: _Components, counts: _Counts, clock: Clock):
+        super().__init__(operation, components, counts, clock)
+        c = components
+        self._breaker_mode = 0 if c.breaker is None else _breaker_mode(c.breaker)
+        inner = [p for p in (c.breaker, c.limiter, c.timeout) if p is not None]
+        calls = [policy.call for policy in fuse(inner)]
+        # The later attempts' callee for Retry._retry_loop: the inner chain, as Retry.call sees it.
+        self._attempt: Callable[..., Awaitable[Any]] | None = calls[0] if calls else None
+        self._inner = tuple(calls[1:])
+
+    async def run(self, ctx: OperationContext, op: Operation[T]) -> T:
+        # -- the gate: asyncio or uvloop, a loop the timeout module knows, no deadline to scope ----
+        loop = _to._fast_loop
+        if loop is None or loop._thread_id != get_ident():
+            loop = _get_running_loop()
+            if loop is None:  # trio
+                return await _Stack.run(self, ctx, op)
+            if loop is not _to._last_loop:
+                _to._sweeper_for(loop)  # caches the loop, its clock and its sweeper
+        if ctx.deadline is not None or self._deadline is not None:
+            return await _Stack.run(self, ctx, op)
+        now = _to._last_time()
+        c = self.components
+        # -- check every admission without taking anything --------------------------------------
+        bulkhead = c.bulkhead
+        if bulkhead is not None and not bulkhead._free:
+            return await _Stack.run(self, ctx, op)
+        breaker = c.breaker
+        mode = self._breaker_mode
+        if breaker is not None:
+            core = breaker._core
+            if (core.route < 0) if mode == _FAST else (core.state is not _CLOSED):
+                return await _Stack.run(self, ctx, op)
+        limiter = c.limiter
+        if limiter is not None:
+            tat = limiter._tat
+            floor = now - limiter._burst_time
+            if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
+                tat = floor
+            tat += limiter._inv_rate
+            if tat > now:
+                return await _Stack.run(self, ctx, op)
+        timeout = c.timeout
+        deadline = _INF
+        if timeout is not None:
+            deadline = now + timeout._seconds
+            outer = _deadline_get()
+            if outer < deadline:  # noqa: PLR1730 - min() costs a call on the hot path
+                deadline = outer
+            if deadline <= now:
+                return await _Stack.run(self, ctx, op)
+        # -- take them --------------------------------------------------------------------------
+        counts = self._counts
+        counts.calls += 1
+        token = _ctx_set(ctx)
+        if bulkhead is not None:
+            bulkhead._free -= 1
+            bulkhead.admitted_at_once += 1
+        ticket = 0
+        if breaker is not None:
+            ticket = core.epoch
+            if mode == _GENERAL:
+                core.admitted += 1
+        if limiter is not None:
+            limiter._tat = tat
+            limiter.allowed += 1
+        retry = c.retry
+        try:
+            try:
+                # -- the first attempt ---------------------------------------------------------
+                try:
+                    if deadline == _INF:
+                        result = await op(ctx)
+                    else:
+                        # _Sweeper.open and .close, inlined (see policies/timeout.py)
+                        sweeper = _to._last_sweeper
+                        task: Any = _task_of(loop)  # never None: a coroutine runs in a task
+                        entry: list[Any] = [deadline, next(_seq), task, task.cancelling(), _LIVE]
+                        heap = sweeper.heap
+                        heappush(heap, entry)
+                        sweeper.live += 1
+                        if deadline < sweeper.armed_at:
+                            sweeper.arm(deadline)
+                        elif len(heap) > _COMPACT_MIN and len(heap) > 4 * sweeper.live:
+                            sweeper.compact()
+                        deadline_token = _deadline_set(deadline)
+                        try:
+                            result = await op(ctx)
+                        except CancelledError as exc:
+                            if entry[_STATE] == _FIRED:
+                                entry[_STATE] = _HANDLED
+                                if task.uncancel() <= entry[_CANCELLING]:
+                                    raise timeout._expired() from exc  # type: ignore[union-attr]
+                            raise
+                        finally:
+                            _deadline_reset(deadline_token)
+                            if entry[_STATE] == _LIVE:
+                                entry[_STATE] = _DONE
+                                sweeper.live -= 1
+                                heap = sweeper.heap  # compact() may have replaced it
+                                if heap[0] is entry:
+                                    heappop(heap)
+                                    while heap and heap[0][_STATE] != _LIVE:
+                                        heappop(heap)
+                            else:
+                                sweeper.close(entry)
+                except BaseException as exc:
+                    if breaker is not None:
+                        if mode == _FAST:
+                            breaker._fast_exception(ticket, exc)
+                        elif mode == _TIMED:
+                            core.admit_late()
+                            breaker._record_exception(ticket, exc, now)
+                        else:
+                            breaker._record_exception(ticket, exc, now if breaker._timed else None)
+                    if retry is None or not isinstance(exc, Exception):
+                        if retry is not None:
+                            retry._first_interrupted += 1
+                        raise
+                    failure: Exception | None = exc
+                else:
+                    failure = None
+                    end: float | None = None
+                    if breaker is not None:
+                        if mode == _GENERAL:
+                            breaker._end(ticket, now if breaker._timed else None, result)
+                        else:
+                            if mode == _TIMED:
+                                end = _to._last_time()
+                                duration = end - now
+                                if duration >= 0.0:  # LatencyHistogram.observe, inlined
+                                    histogram = breaker._histogram
+                                    histogram.counts[bisect_left(histogram.bounds, duration)] += 1
+                                    histogram.count += 1
+                                    histogram.sum += duration
+                            if core.epoch == ticket:
+                                core.fast_successes += 1
+                                core.consecutive = 0
+                            else:
+                                breaker._fast_stale()
+                    if retry is not None:
+                        retry._first_ok += 1
+                # -- later attempts: Retry's own loop around the inner chain --------------------
+                if failure is not None:
+                    assert retry is not None
+                    attempt = self._attempt
+                    if attempt is None:
+                        args: tuple[Any, ...] = (ctx,)
+                        attempt = op
+                    else:
+                        args = (*self._inner, op, ctx)
+                    result = await retry._retry_loop(attempt, args, {}, failure, None, None, _INF)
+                    failure = None
+                    end = None
+            finally:
+                if bulkhead is not None:
+                    if bulkhead._queued:
+                        bulkhead._release()
+                    else:
+                        bulkhead._free += 1
+        except Rejected:
+            counts.rejected += 1
+            if self._budget is not None:
+                self._budget.record(False)
+            raise
+        except Exception:
+            counts.failures += 1
+            self._finish(False, now)
+            raise
+        except BaseException:
+            counts.cancelled += 1
+            raise
+        finally:
+            _ctx_reset(token)
+        counts.successes += 1
+        budget = self._budget
+        if budget is not None or self._measure:
+            if end is None:
+                end = _to._last_time()
+            if budget is not None:
+                budget.record(True, end if self._budget_shares_clock else None)
+            latency = self._latency
+            if latency is not None:
+                latency.record(end - now)
+        return result

@@ -1,0 +1,109 @@
+"""Which stacks the manager runs in its fast lane (``dwcp_resilience._lane``), and which it leaves
+to the compiled chain. That the lane behaves as the chain is ``tests/test_fused.py``'s oracle."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from dwcp_resilience import (
+    AdaptiveRateLimiter,
+    Bulkhead,
+    Chaos,
+    CircuitBreaker,
+    OperationContext,
+    RateLimiter,
+    ResilienceManager,
+    Retry,
+    Timeout,
+)
+from dwcp_resilience._lane import _LaneStack
+from dwcp_resilience.dwcp import SEND, DWCPResilienceConfig, DWCPResilientClient
+from dwcp_resilience.slo.error_budget import ErrorBudget
+from dwcp_resilience.slo.latency_budget import LatencyBudget
+from dwcp_resilience.testing import FakeClock
+
+
+class _OwnCall(Bulkhead):
+    async def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
+        return await super().call(fn, *args, **kwargs)
+
+
+def _usual() -> list[object]:
+    return [
+        Bulkhead("h", max_concurrent=4),
+        Retry("r", max_retries=2),
+        CircuitBreaker("b", record_latency=True),
+        RateLimiter("l", rate=100.0, burst=10),
+        Timeout(5.0, name="t"),
+        ErrorBudget("e", slo=0.99),
+        LatencyBudget("lat", target=0.1),
+    ]
+
+
+def _stack_of(*policies: object) -> object:
+    rm = ResilienceManager("m")
+    rm.register("op", *policies)
+    return rm._stacks["op"]
+
+
+def test_the_usual_stack_and_each_part_of_it_take_the_lane() -> None:
+    assert isinstance(_stack_of(*_usual()), _LaneStack)
+    for policy in _usual()[:5]:
+        assert isinstance(_stack_of(policy), _LaneStack), policy
+
+
+def test_the_dwcp_clients_send_takes_the_lane() -> None:
+    client = DWCPResilientClient(DWCPResilienceConfig(node_id="a", peers=("127.0.0.1:1",)))
+    assert isinstance(client.manager._stacks[SEND], _LaneStack)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        Chaos("c", rate=0.0),
+        _OwnCall("h", max_concurrent=1),
+        CircuitBreaker("b", clock=FakeClock()),
+        CircuitBreaker("b", timeout=1.0),
+        CircuitBreaker("b", failure_result=lambda result: result is None),
+        RateLimiter("l", rate=1.0, burst=1, clock=FakeClock()),
+        AdaptiveRateLimiter(
+            "a", initial_rate=10.0, min_rate=1.0, max_rate=100.0, target_latency=0.1
+        ),
+        Retry("r", total_timeout=5.0),
+        Retry("r", retry_on_result=lambda result: result is None),
+    ],
+    ids=repr,
+)
+def test_a_stack_the_lane_cannot_run_as_written_takes_the_chain(policy: object) -> None:
+    """Chaos, an injected clock, a subclass with its own ``call``, a per-breaker timeout, a result
+    predicate, an adaptive limiter, a retry with a deadline of its own: the plain compiled chain."""
+    stack = _stack_of(*_usual()[:2], policy)
+    assert not isinstance(stack, _LaneStack)
+
+
+def test_nothing_to_run_takes_no_lane() -> None:
+    assert not isinstance(_stack_of(ErrorBudget("e", slo=0.99)), _LaneStack)
+
+
+@pytest.mark.anyio
+async def test_a_call_with_a_deadline_runs_through_the_chain(backend_name: str) -> None:
+    """The lane scopes no deadline: a context deadline sends the call through the compiled chain,
+    which enforces it (the same result either way)."""
+    rm = ResilienceManager("m")
+    rm.register("op", *_usual())
+
+    async def op(ctx: OperationContext) -> float | None:
+        await anyio.lowlevel.checkpoint()
+        return ctx.deadline
+
+    deadline = anyio.current_time() + 10.0
+    assert await rm.execute_with_all_protections(OperationContext("op", deadline=deadline), op) == (
+        deadline
+    )
+    assert await rm.execute_with_all_protections("op", op) is None
+    assert rm.statistics("op").successes == 2
