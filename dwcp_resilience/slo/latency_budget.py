@@ -194,6 +194,15 @@ class LatencyBudget:
         target = self.target
         pos = self._pos
         ring = self._ring
+        if latency <= target and ring[pos] <= target and self._n == self.max_samples:
+            # A full window where neither the new sample nor the one it replaces is over the
+            # target: the counts and the verdict stay as they are (the steady state).
+            ring[pos] = latency
+            pos += 1
+            self._pos = pos if pos < self.max_samples else 0
+            self._sorted = None
+            self._total += 1
+            return
         over = self._window_violations
         n = self._n
         if n == self.max_samples:
