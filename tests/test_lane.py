@@ -22,7 +22,7 @@ from dwcp_resilience import (
     Timeout,
 )
 from dwcp_resilience._lane import _LaneStack
-from dwcp_resilience.dwcp import SEND, DWCPResilienceConfig, DWCPResilientClient
+from dwcp_resilience.dwcp import SEND, DWCPPeer, DWCPResilienceConfig, DWCPResilientClient
 from dwcp_resilience.slo.error_budget import ErrorBudget
 from dwcp_resilience.slo.latency_budget import LatencyBudget
 from dwcp_resilience.testing import FakeClock
@@ -107,3 +107,25 @@ async def test_a_call_with_a_deadline_runs_through_the_chain(backend_name: str) 
     )
     assert await rm.execute_with_all_protections("op", op) is None
     assert rm.statistics("op").successes == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.real_time
+async def test_send_message_sends_nothing_until_awaited(backend_name: str) -> None:
+    """``send_message`` is a plain function returning the manager's coroutine (one frame fewer per
+    socket suspension): a bad peer raises when it is called; nothing is sent until it is awaited."""
+    async with DWCPPeer("p") as peer:
+        client = DWCPResilientClient(
+            DWCPResilienceConfig(node_id="a", peers=(f"127.0.0.1:{peer.port}",))
+        )
+        try:
+            with pytest.raises(ValueError, match="host:port"):
+                client.send_message("bob", b"hi", peer="nonsense")  # type: ignore[unused-coroutine]
+            pending = client.send_message("bob", b"hi")
+            await anyio.sleep(0.01)
+            assert (client.sent, peer.statistics().messages_stored) == (0, 0)
+            assert client.manager.statistics(SEND).calls == 0
+            assert len(await pending) == 16
+            assert (client.sent, peer.statistics().messages_stored) == (1, 1)
+        finally:
+            await client.aclose()
