@@ -170,7 +170,10 @@ class DWCPResilientClient:
             health_timeout=config.health_check_timeout,
         )
         self._connections: dict[str, DWCPConnection] = {}
-        self._default = config.peers[0] if config.peers else ""  # send_message's fast path
+        # send_message's fast path: the default peer, the node id, the operation's context
+        self._default = config.peers[0] if config.peers else ""
+        self._node = config.node_id
+        self._send_ctx = OperationContext(SEND)
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._id_prefix = new_message_id()[:8]
         self._id_counter = itertools.count()
@@ -309,7 +312,7 @@ class DWCPResilientClient:
             mid = message_id
         # A partial, not a closure: two allocations instead of a function and six cells.
         send = partial(self._send_attempt, address, recipient, body, mid)
-        return self.manager.execute_with_all_protections(ctx or SEND, send)
+        return self.manager.execute_with_all_protections(ctx or self._send_ctx, send)
 
     async def _send_attempt(
         self, address: str, recipient: str, body: bytes, mid: bytes, _: OperationContext
@@ -317,10 +320,10 @@ class DWCPResilientClient:
         """One attempt of :meth:`send_message` (one frame: every socket suspension resumes each
         frame of the stack)."""
         conn = self._connections.get(address)
-        if conn is None or not conn.usable:
+        if conn is None or conn._broken is not None:  # not conn.usable, without the property call
             conn = await self._connection(address)
         try:
-            await conn.send(recipient, body, sender=self.config.node_id, message_id=mid)
+            await conn.send(recipient, body, sender=self._node, message_id=mid)
         except BaseException:
             await self._discard(address, conn)
             raise
