@@ -135,17 +135,18 @@ class _LaneStack(_Stack):
         self._inner = tuple(calls[1:])
 
     async def run(self, ctx: OperationContext, op: Operation[T]) -> T:
-        # -- the gate: asyncio or uvloop, a loop the timeout module knows, no deadline to scope ----
-        loop = _to._fast_loop
-        if loop is None or loop._thread_id != get_ident():
+        # -- the gate: asyncio or uvloop (the loop's sweeper and clock), no deadline to scope -----
+        sweeper = _to._last  # one read: this loop's sweeper and clock, or another loop's
+        loop = sweeper.loop
+        if not (sweeper.fast and loop._thread_id == get_ident()):
             loop = _get_running_loop()
             if loop is None:  # trio
                 return await _Stack.run(self, ctx, op)
-            if loop is not _to._last_loop:
-                _to._sweeper_for(loop)  # caches the loop, its clock and its sweeper
+            sweeper = _to._sweeper_for(loop)
         if ctx.deadline is not None or self._deadline is not None:
             return await _Stack.run(self, ctx, op)
-        now = _to._last_time()
+        clock = sweeper.time
+        now = clock()
         c = self.components
         # -- check every admission without taking anything --------------------------------------
         bulkhead = c.bulkhead
@@ -199,7 +200,6 @@ class _LaneStack(_Stack):
                         result = await op(ctx)
                     else:
                         # _Sweeper.open and .close, inlined (see policies/timeout.py)
-                        sweeper = _to._last_sweeper
                         task: Any = _task_of(loop)  # never None: a coroutine runs in a task
                         entry: list[Any] = [deadline, next(_seq), task, task.cancelling(), _LIVE]
                         heap = sweeper.heap
@@ -252,7 +252,7 @@ class _LaneStack(_Stack):
                             breaker._end(ticket, now if breaker._timed else None, result)
                         else:
                             if mode == _TIMED:
-                                end = _to._last_time()
+                                end = clock()
                                 duration = end - now
                                 if duration >= 0.0:  # LatencyHistogram.observe, inlined
                                     histogram = breaker._histogram
@@ -302,7 +302,7 @@ class _LaneStack(_Stack):
         budget = self._budget
         if budget is not None or self._measure:
             if end is None:
-                end = _to._last_time()
+                end = clock()
             if budget is not None:
                 budget.record(True, end if self._budget_shares_clock else None)
             latency = self._latency

@@ -443,3 +443,68 @@ def test_one_instance_across_loops_and_threads() -> None:
     worker.join(10)
     assert results == ["done"]
     assert asyncio.run(use()) == "done"
+
+
+async def test_a_cached_sweeper_of_another_loop_is_not_used(backend_name: str) -> None:
+    """The cache holds one loop's sweeper (another thread's loop may have put its own there): a
+    timeout on this loop takes this loop's sweeper and clock, never the cached one."""
+    if backend_name == "trio":
+        pytest.skip("the sweeper is asyncio's")
+    other = asyncio.new_event_loop()
+    try:
+        timeout_module._sweeper_for(other)
+        assert timeout_module._last.loop is other
+        with pytest.raises(DeadlineExceeded):
+            await Timeout(0.05).call(anyio.sleep, 5)
+        assert timeout_module._last.loop is asyncio.get_running_loop()
+        assert not timeout_module._sweepers[other].heap
+    finally:
+        other.close()
+
+
+def test_loops_in_two_threads_keep_their_own_deadlines() -> None:
+    """Two threads, each running its own loop, take turns in the one-sweeper cache: every
+    deadline stays on its own loop (expiries where due, nothing cancelled across threads)."""
+    import sys
+    import threading
+
+    from dwcp_resilience import ResilienceManager
+
+    def worker(results: list[object]) -> None:
+        async def main() -> None:
+            rm = ResilienceManager("m")
+            rm.register("op", Timeout(5.0, name="t"))
+
+            async def op(ctx: OperationContext) -> int:
+                await asyncio.sleep(0)
+                return 1
+
+            short = Timeout(0.001, name="short")
+            ok = expired = 0
+            for i in range(3000):
+                ok += await rm.execute_with_all_protections("op", op)
+                if i % 100 == 0:
+                    try:
+                        await short.call(asyncio.sleep, 1)
+                    except DeadlineExceeded:
+                        expired += 1
+            sweeper = timeout_module._sweeper_for(asyncio.get_running_loop())
+            results.append((ok, expired, len(sweeper.heap), sweeper.live))
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported by the assertion below
+            results.append(exc)
+
+    results: list[object] = []
+    threads = [threading.Thread(target=worker, args=(results,)) for _ in range(2)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter lets us
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert results == [(3000, 30, 0, 0)] * 2

@@ -69,12 +69,19 @@ Entry = list[Any]
 class _Sweeper:
     """All asyncio deadlines of one loop behind one timer handle."""
 
-    __slots__ = ("armed_at", "handle", "heap", "live", "loop")
+    __slots__ = ("armed_at", "fast", "handle", "heap", "live", "loop", "time")
 
     COMPACT_MIN = 1024
 
     def __init__(self, loop: Any) -> None:
         self.loop = loop
+        # The loop's clock: asyncio's own loop.time() is a Python method returning
+        # time.monotonic(); for that class we call the C function directly (looptime and uvloop
+        # override time(), so their loop.time stays in use).
+        plain = getattr(type(loop), "time", None) is BaseEventLoop.time
+        self.time: Callable[[], float] = time.monotonic if plain or loop is None else loop.time
+        # A BaseEventLoop records the thread running it in ``_thread_id`` (see _last below).
+        self.fast = isinstance(loop, BaseEventLoop)
         self.heap: list[Entry] = []
         self.handle: Any = None
         self.armed_at = _INF
@@ -143,34 +150,30 @@ class _Sweeper:
 
 
 _sweepers: WeakKeyDictionary[Any, _Sweeper] = WeakKeyDictionary()
-# A one-entry cache of the last loop seen: its sweeper and its clock. asyncio's own loop.time() is
-# a Python method returning time.monotonic(); for that class we call the C function directly
-# (looptime and uvloop override time(), so their loop.time stays in use).
+# The sweeper of the last loop seen, as one global so that one read gives a consistent loop,
+# clock and sweeper even while another thread's loop replaces it (three globals could be read
+# half-updated).
 #
 # Finding the running loop: asyncio's C ``_get_running_loop()`` costs ~180 ns per call on CPython
 # 3.11 here (measured), more than the rest of a timeout's bookkeeping. A loop derived from
 # BaseEventLoop records the thread running it in ``_thread_id`` (None when stopped), and a thread
-# runs one loop at a time: so ``_fast_loop._thread_id == get_ident()`` proves the cached loop is the
-# running one for ~40 ns. Other loops (uvloop) take the lookup.
-_last_loop: Any = None
-_last_sweeper: _Sweeper = _Sweeper(None)
-_last_time: Callable[[], float] = time.monotonic
-_fast_loop: Any = None
+# runs one loop at a time: so ``sweeper.fast and sweeper.loop._thread_id == get_ident()`` proves
+# the cached sweeper is the running loop's for ~40 ns. Other loops (uvloop) take the lookup.
+_last: _Sweeper = _Sweeper(None)
 _get_ident = threading.get_ident
 
 
 def _sweeper_for(loop: Any) -> _Sweeper:
-    global _last_loop, _last_sweeper, _last_time, _fast_loop
-    if loop is _last_loop:
-        return _last_sweeper
-    sweeper = _sweepers.get(loop)
-    if sweeper is None:
-        sweeper = _sweepers[loop] = _Sweeper(loop)
-    plain = getattr(type(loop), "time", None) is BaseEventLoop.time
-    _last_loop, _last_sweeper = loop, sweeper
-    _last_time = time.monotonic if plain else loop.time
-    _fast_loop = loop if isinstance(loop, BaseEventLoop) else None
-    return sweeper
+    """The sweeper of ``loop`` (made on first use), which becomes the cached one."""
+    global _last
+    sweeper = _last
+    if sweeper.loop is loop:
+        return sweeper
+    found = _sweepers.get(loop)
+    if found is None:
+        found = _sweepers[loop] = _Sweeper(loop)
+    _last = found
+    return found
 
 
 class _AsyncioEntry:
@@ -230,20 +233,14 @@ class Timeout(PolicyBase):
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)``; raise ``DeadlineExceeded`` if our deadline fires first."""
         # The asyncio half of `_open`/`_close`, inlined: this is the timeout's hot path.
-        loop = _fast_loop
-        if loop is not None and loop._thread_id == _get_ident():
-            sweeper = _last_sweeper
-            now = _last_time()
-        else:
+        sweeper = _last
+        loop = sweeper.loop
+        if not (sweeper.fast and loop._thread_id == _get_ident()):
             loop = _get_running_loop()
             if loop is None:
                 return await self._call_trio(fn, *args, **kwargs)
-            if loop is _last_loop:
-                sweeper = _last_sweeper
-                now = _last_time()
-            else:
-                sweeper = _sweeper_for(loop)
-                now = loop.time()
+            sweeper = _sweeper_for(loop)
+        now = sweeper.time()
         deadline = now + self._seconds
         outer = _deadline_get()
         if outer < deadline:
@@ -293,16 +290,14 @@ class Timeout(PolicyBase):
         Raises:
             DeadlineExceeded: the deadline (``seconds <= 0`` or an enclosing one) has passed already.
         """
-        loop = _fast_loop
-        if loop is not None and loop._thread_id == _get_ident():
-            sweeper = _last_sweeper
-            now = _last_time()
-        else:
+        sweeper = _last
+        loop = sweeper.loop
+        if not (sweeper.fast and loop._thread_id == _get_ident()):
             loop = _get_running_loop()
             if loop is None:
                 return self._open_trio()
             sweeper = _sweeper_for(loop)
-            now = _last_time()
+        now = sweeper.time()
         deadline = now + self._seconds
         outer = _deadline_get()
         deadline = min(deadline, outer)
