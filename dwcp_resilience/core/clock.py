@@ -45,17 +45,17 @@ def _trio_time() -> float | None:
 # asyncio's C _get_running_loop() costs ~180 ns per call on CPython 3.11 here. A loop derived from
 # BaseEventLoop records its running thread in ``_thread_id`` and a thread runs one loop at a time,
 # so a cached loop whose ``_thread_id`` is this thread's is the running loop (~40 ns to check). For
-# the stock loop class ``loop.time()`` is ``time.monotonic()``, which we then call directly.
-_fast_loop: Any = None
-_fast_time: Callable[[], float] = _monotonic
+# the stock loop class ``loop.time()`` is ``time.monotonic()``, which we then call directly. The
+# loop and its clock are one tuple, read at once: loops in two threads replace it in turn, and two
+# globals could be read half-updated (this loop with the other loop's clock).
+_fast: tuple[Any, Callable[[], float]] = (None, _monotonic)
 _get_ident = threading.get_ident
 
 
 def _remember(loop: Any) -> None:
-    global _fast_loop, _fast_time
+    global _fast
     if isinstance(loop, BaseEventLoop):
-        _fast_loop = loop
-        _fast_time = _monotonic if type(loop).time is BaseEventLoop.time else loop.time
+        _fast = (loop, _monotonic if type(loop).time is BaseEventLoop.time else loop.time)
 
 
 def loop_time() -> float:
@@ -63,9 +63,9 @@ def loop_time() -> float:
 
     asyncio and uvloop: ``loop.time()``; trio: ``trio.current_time()``; no loop: ``time.monotonic()``.
     """
-    loop = _fast_loop
+    loop, clock = _fast
     if loop is not None and loop._thread_id == _get_ident():
-        return _fast_time()
+        return clock()
     loop = _get_running_loop()
     if loop is not None:
         _remember(loop)
