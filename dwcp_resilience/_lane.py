@@ -41,7 +41,6 @@ from ._stack import _Components, _Counts, _Stack
 from .core._fused import fuse
 from .core.clock import Clock, loop_time
 from .core.context import OperationContext, _current, _deadline
-from .core.errors import Rejected
 from .policies import timeout as _to
 from .policies.breaker import CircuitBreaker
 from .policies.breaker_core import CLOSED as _CLOSED
@@ -284,17 +283,8 @@ class _LaneStack(_Stack):
                         bulkhead._release()
                     else:
                         bulkhead._free += 1
-        except Rejected:
-            counts.rejected += 1
-            if self._budget is not None:
-                self._budget.record(False)
-            raise
-        except Exception:
-            counts.failures += 1
-            self._finish(False, now)
-            raise
-        except BaseException:
-            counts.cancelled += 1
+        except BaseException as exc:
+            self._failed(exc, now)
             raise
         finally:
             _ctx_reset(token)

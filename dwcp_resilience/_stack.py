@@ -171,17 +171,8 @@ class _Stack:
                 _deadline.reset(deadline_token)
                 if expired is not None:
                     raise expired  # noqa: TRY301 - raised in this frame on purpose (no extra frame)
-        except Rejected:
-            counts.rejected += 1
-            if self._budget is not None:
-                self._budget.record(False)
-            raise
-        except Exception:
-            counts.failures += 1
-            self._finish(False, start)
-            raise
-        except BaseException:
-            counts.cancelled += 1
+        except BaseException as exc:
+            self._failed(exc, start)
             raise
         finally:
             _ctx_reset(token)
@@ -189,6 +180,20 @@ class _Stack:
         if measure or self._budget is not None:
             self._finish(True, start)
         return result
+
+    def _failed(self, exc: BaseException, start: float) -> None:
+        """Record a call that raised: a rejection (the error budget counts it as a failed request,
+        latency budgets do not see it), a failure, or a cancellation (recorded nowhere else)."""
+        counts = self._counts
+        if isinstance(exc, Rejected):
+            counts.rejected += 1
+            if self._budget is not None:
+                self._budget.record(False)
+        elif isinstance(exc, Exception):
+            counts.failures += 1
+            self._finish(False, start)
+        else:
+            counts.cancelled += 1
 
     def _finish(self, ok: bool, start: float) -> None:
         """Record a completed call: one clock read serves the latency and the error budget."""
