@@ -216,6 +216,52 @@ def test_record_accepts_the_callers_clock_reading() -> None:
     assert b._ring.counts(0) == (2, 0)
 
 
+def test_availability_counts_from_the_first_request_after_an_early_read() -> None:
+    """A read before the first request (a scrape) used to leave the start unset until the next
+    bucket, so downtime in the first bucket did not count."""
+    clock = FakeClock()
+    budget = ErrorBudget("m", slo=0.9, window=600.0, bucket=60.0, clock=clock)
+    assert budget.statistics().availability == 1.0
+    budget.record(False)
+    clock.advance(10.0)
+    assert budget.statistics().availability == 0.0
+    budget.record(True)
+    clock.advance(10.0)
+    assert budget.statistics().availability == pytest.approx(0.5)
+
+
+def test_a_failure_ends_the_quiet_fast_path() -> None:
+    """Past min_requests, not exhausted, not down: successes only count (the fast path). A failure
+    ends that, so the next success still closes the downtime."""
+    clock = FakeClock()
+    budget = ErrorBudget(
+        "m", slo=0.5, window=600.0, bucket=60.0, min_requests=2, clock=clock, burn_alerts=()
+    )
+    for _ in range(5):
+        budget.record(True)
+    budget.record(False)
+    clock.advance(1.0)
+    budget.record(True)
+    clock.advance(1.0)
+    assert budget.statistics().availability == pytest.approx(0.5)
+    assert (budget.statistics().total, budget.statistics().failed) == (7, 1)
+
+
+def test_the_success_that_reaches_min_requests_can_exhaust() -> None:
+    """Below min_requests nothing is exhausted; the success that brings the volume up to it is
+    checked (the quiet fast path starts only past min_requests)."""
+    events: RecordingListener[ErrorBudgetEvent] = RecordingListener()
+    budget = ErrorBudget(
+        "m", slo=0.8, window=600.0, bucket=60.0, min_requests=5, clock=FakeClock(),
+        burn_alerts=(), listeners=[events],
+    )  # fmt: skip
+    for ok in (False, False, True, True):
+        budget.record(ok)
+    assert events.events == []  # no read in between: a read would re-check and hide a miss
+    budget.record(True)
+    assert [type(e).__name__ for e in events.events] == ["ErrorBudgetExhausted"]
+
+
 def test_silence_longer_than_the_ring_clears_everything() -> None:
     clock = FakeClock()
     b = budget(clock, min_requests=1, burn_alerts=())
@@ -393,6 +439,22 @@ class ErrorBudgetMachine(RuleBasedStateMachine):
         self.requests: list[tuple[float, bool]] = []
         self.model_exhausted = False
         self.transitions = 0
+        self.started: float | None = None  # the time-based availability's model
+        self.down_since: float | None = None
+        self.downtime = 0.0
+
+    def _add(self, ok: bool) -> None:
+        self.budget.record(ok)
+        now = self.clock.now
+        self.requests.append((now, not ok))
+        if self.started is None:
+            self.started = now
+        if not ok and self.down_since is None:
+            self.down_since = now
+        elif ok and self.down_since is not None:
+            self.downtime += now - self.down_since
+            self.down_since = None
+        self._model_step()
 
     def _model(self) -> tuple[int, int]:
         return _naive(self.requests, self.clock.now, 1.0, 10)
@@ -406,9 +468,14 @@ class ErrorBudgetMachine(RuleBasedStateMachine):
 
     @rule(ok=st.booleans())
     def record(self, ok: bool) -> None:
-        self.budget.record(ok)
-        self.requests.append((self.clock.now, not ok))
-        self._model_step()
+        self._add(ok)
+
+    @rule(outcomes=st.lists(st.booleans(), max_size=12), dt=st.floats(0.0, 0.4))
+    def burst(self, outcomes: list[bool], dt: float) -> None:
+        """Several records with no read in between (reads end the quiet fast path)."""
+        for ok in outcomes:
+            self.clock.advance(dt)
+            self._add(ok)
 
     @rule(dt=st.floats(0.0, 6.0, allow_nan=False))
     def advance(self, dt: float) -> None:
@@ -433,6 +500,13 @@ class ErrorBudgetMachine(RuleBasedStateMachine):
         assert stats.consumed == pytest.approx(expected)
         assert len(self.events.events) == self.transitions
         assert 0.0 <= stats.availability <= 1.0
+        now = self.clock.now
+        if self.started is None or now <= self.started:
+            assert stats.availability == 1.0
+        else:
+            down = self.downtime + (0.0 if self.down_since is None else now - self.down_since)
+            expected = min(1.0, max(0.0, 1.0 - down / (now - self.started)))
+            assert stats.availability == pytest.approx(expected)
 
 
 TestErrorBudgetMachine = ErrorBudgetMachine.TestCase

@@ -38,6 +38,8 @@ from ..core.events import Event, Listeners
 from ..core.validate import check_int, check_name, check_number
 from ._window import BucketWindows
 
+_NAN = math.nan  # never equal to a bucket index: "not quiet"
+
 __all__ = (
     "BurnRateAlert",
     "BurnRateStatus",
@@ -155,6 +157,7 @@ class ErrorBudget:
         "_exhausted_count",
         "_failed",
         "_listeners",
+        "_quiet",
         "_recovered_count",
         "_ring",
         "_started",
@@ -205,6 +208,7 @@ class ErrorBudget:
         self._reset_counts()
 
     def _reset_counts(self) -> None:
+        self._quiet: float = _NAN
         self._ring.clear()
         self._total = self._failed = 0
         self._exhausted = False
@@ -234,11 +238,16 @@ class ErrorBudget:
         if now is None:
             now = self._clock()
         ring = self._ring
+        if success and now // ring.width == self._quiet:
+            # Quiet (see below): the counts grow, nothing else can change.
+            ring.cur_tot += 1
+            self._total += 1
+            return
         rolled = now // ring.width != ring.idx
         if rolled:  # a new bucket (amortised O(1)); also the very first request
             ring.advance(now)
-            if self._started is None:
-                self._started = now
+        if self._started is None:  # not under `rolled`: a read before it may have set the bucket
+            self._started = now
         ring.cur_tot += 1
         self._total += 1
         if success:
@@ -247,12 +256,15 @@ class ErrorBudget:
                 self._down_since = None
             # A success cannot exhaust the budget, except by bringing the volume up to
             # min_requests (or after old buckets left the window).
-            if (
-                not (rolled or self._exhausted)
-                and ring.sum_tot[0] + ring.cur_tot != self.min_requests
-            ):
+            volume = ring.sum_tot[0] + ring.cur_tot
+            if not (rolled or self._exhausted) and volume != self.min_requests:
+                if volume > self.min_requests:
+                    # Quiet until the bucket rolls or anything else happens: not exhausted, not
+                    # down, past min_requests, so a success here changes only the counts.
+                    self._quiet = now // ring.width
                 return
         else:
+            self._quiet = _NAN
             ring.cur_bad += 1
             self._failed += 1
             if self._down_since is None:
@@ -264,6 +276,7 @@ class ErrorBudget:
             self._transition(exhausted, now, total, failed)
 
     def _transition(self, exhausted: bool, now: float, total: int, failed: int) -> None:
+        self._quiet = _NAN
         self._exhausted = exhausted
         if exhausted:
             self._exhausted_count += 1
