@@ -7,24 +7,25 @@ limiter's, the timeout's). :class:`_LaneStack` runs a call's *first attempt* in 
 frame instead, when every admission can be had at once:
 
 - it first checks, without changing anything, that the bulkhead has a free permit, that the breaker
-  admits on its CLOSED path, that the limiter has a token with nobody queued, and that the timeout's
-  deadline is still ahead; if any check fails the call takes the compiled chain
+  admits on its CLOSED path, that the limiter has a token with nobody queued, and that the attempt
+  timeout's deadline is still ahead; if any check fails the call takes the compiled chain
   (:meth:`_Stack.run <dwcp_resilience._stack._Stack.run>`) from the start, which waits, rejects or
   raises exactly as before. Nothing was taken, so nothing is given back;
-- it then takes the permit and the token, admits in the breaker, opens the timeout's deadline, and
-  awaits ``op`` with one clock reading shared by all of them; on return one more reading serves the
-  breaker's latency histogram, the latency budget and the error budget;
-- when the first attempt raises, every policy records the exception as its own ``call`` would (the
-  timeout turns its own expiry into ``DeadlineExceeded``, the breaker classifies), and the retry goes
-  on through :meth:`Retry._retry_loop` around the compiled chain of the inner policies, as
-  ``Retry.call`` does after a failed first attempt.
+- it then enters the operation's deadline scope (the call's deadline, or the registered total one
+  if earlier, as :meth:`_Stack.run` does), takes the permit and the token, admits in the breaker,
+  opens the attempt timeout, and awaits ``op`` with one clock reading shared by all of them; on
+  return one more reading serves the breaker's latency histogram and both budgets;
+- when the first attempt raises, every policy records the exception as its own ``call`` would
+  (the timeout turns its own expiry into ``DeadlineExceeded``, the breaker classifies), and the
+  retry goes on through :meth:`Retry._retry_loop` around the compiled chain of the inner
+  policies, as ``Retry.call`` does after a failed first attempt.
 
-It runs only on asyncio and uvloop, once the timeout module knows the running loop, and only when
-every clock is the loop's (no injected clock), the policies are the library's own classes (no
-subclass overriding ``call``) and there is no chaos, adaptive limiter, per-breaker timeout, result
-predicate, retry budget or retry ``total_timeout``; any other stack is the plain compiled chain. The
-Hypothesis equivalence test of the manager against hand-chained policies (``tests/test_fused.py``)
-covers both paths.
+It runs on asyncio and uvloop (trio takes the chain), and only when every clock is the loop's (no
+injected clock), the policies are the library's own classes (no subclass overriding ``call``) and
+there is no chaos, adaptive limiter, per-breaker timeout, result predicate, retry budget or retry
+``total_timeout``; any other stack is the plain compiled chain. The Hypothesis equivalence test of
+the manager against hand-chained policies (``tests/test_fused.py``) covers both paths, deadlines
+included.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from asyncio import CancelledError
 from asyncio import events as _asyncio_events
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from heapq import heappop, heappush
 from threading import get_ident
 from typing import Any, TypeVar
@@ -134,7 +136,7 @@ class _LaneStack(_Stack):
         self._inner = tuple(calls[1:])
 
     async def run(self, ctx: OperationContext, op: Operation[T]) -> T:
-        # -- the gate: asyncio or uvloop (the loop's sweeper and clock), no deadline to scope -----
+        # -- the gate: asyncio or uvloop (the loop's sweeper and clock) ---------------------------
         sweeper = _to._last  # one read: this loop's sweeper and clock, or another loop's
         loop = sweeper.loop
         if not (sweeper.fast and loop._thread_id == get_ident()):
@@ -142,21 +144,32 @@ class _LaneStack(_Stack):
             if loop is None:  # trio
                 return await _Stack.run(self, ctx, op)
             sweeper = _to._sweeper_for(loop)
-        if ctx.deadline is not None or self._deadline is not None:
-            return await _Stack.run(self, ctx, op)
         clock = sweeper.time
         now = clock()
+        # -- the operation's deadline: the call's, or the registered one if earlier --------------
+        call = ctx
+        limit = ctx.deadline
+        if self._deadline is not None:
+            own = now + self._deadline
+            if limit is None or own < limit:
+                ctx = replace(ctx, deadline=own)
+                limit = own
+        bound = _INF
+        scoped = False
+        if limit is not None:
+            bound = limit
+            scoped = bound < _deadline_get()
         c = self.components
         # -- check every admission without taking anything --------------------------------------
         bulkhead = c.bulkhead
         if bulkhead is not None and not bulkhead._free:
-            return await _Stack.run(self, ctx, op)
+            return await _Stack.run(self, call, op)
         breaker = c.breaker
         mode = self._breaker_mode
         if breaker is not None:
             core = breaker._core
             if (core.route < 0) if mode == _FAST else (core.state is not _CLOSED):
-                return await _Stack.run(self, ctx, op)
+                return await _Stack.run(self, call, op)
         limiter = c.limiter
         if limiter is not None:
             tat = limiter._tat
@@ -165,124 +178,158 @@ class _LaneStack(_Stack):
                 tat = floor
             tat += limiter._inv_rate
             if tat > now:
-                return await _Stack.run(self, ctx, op)
+                return await _Stack.run(self, call, op)
         timeout = c.timeout
         deadline = _INF
         if timeout is not None:
             deadline = now + timeout._seconds
-            outer = _deadline_get()
+            outer = bound if scoped else _deadline_get()
             if outer < deadline:  # noqa: PLR1730 - min() costs a call on the hot path
                 deadline = outer
             if deadline <= now:
-                return await _Stack.run(self, ctx, op)
+                return await _Stack.run(self, call, op)
         # -- take them --------------------------------------------------------------------------
         counts = self._counts
         counts.calls += 1
         token = _ctx_set(ctx)
-        if bulkhead is not None:
-            bulkhead._free -= 1
-            bulkhead.admitted_at_once += 1
-        ticket = 0
-        if breaker is not None:
-            ticket = core.epoch
-            if mode == _GENERAL:
-                core.admitted += 1
-        if limiter is not None:
-            limiter._tat = tat
-            limiter.allowed += 1
-        retry = c.retry
         try:
-            try:
-                # -- the first attempt ---------------------------------------------------------
+            scope = None
+            if scoped:  # as _Stack.run: the operation's deadline encloses the whole run
+                scope_token = _deadline_set(bound)
                 try:
-                    if deadline == _INF:
-                        result = await op(ctx)
-                    else:
-                        # _Sweeper.open and .close, inlined (see policies/timeout.py)
-                        task: Any = _task_of(loop)  # never None: a coroutine runs in a task
-                        entry: list[Any] = [deadline, next(_seq), task, task.cancelling(), _LIVE]
-                        heap = sweeper.heap
-                        heappush(heap, entry)
-                        sweeper.live += 1
-                        if deadline < sweeper.armed_at:
-                            sweeper.arm(deadline)
-                        elif len(heap) > _COMPACT_MIN and len(heap) > 4 * sweeper.live:
-                            sweeper.compact()
-                        deadline_token = _deadline_set(deadline)
-                        try:
-                            result = await op(ctx)
-                        except CancelledError as exc:
-                            if entry[_STATE] == _FIRED:
-                                entry[_STATE] = _HANDLED
-                                if task.uncancel() <= entry[_CANCELLING]:
-                                    raise timeout._expired() from exc  # type: ignore[union-attr]
-                            raise
-                        finally:
-                            _deadline_reset(deadline_token)
-                            if entry[_STATE] == _LIVE:
-                                entry[_STATE] = _DONE
-                                sweeper.live -= 1
-                                heap = sweeper.heap  # compact() may have replaced it
-                                if heap[0] is entry:
-                                    heappop(heap)
-                                    while heap and heap[0][_STATE] != _LIVE:
-                                        heappop(heap)
-                            else:
-                                sweeper.close(entry)
-                except BaseException as exc:
-                    if breaker is not None:
-                        if mode == _FAST:
-                            breaker._fast_exception(ticket, exc)
-                        elif mode == _TIMED:
-                            core.admit_late()
-                            breaker._record_exception(ticket, exc, now)
-                        else:
-                            breaker._record_exception(ticket, exc, now if breaker._timed else None)
-                    if retry is None or not isinstance(exc, Exception):
-                        if retry is not None:
-                            retry._first_interrupted += 1
-                        raise
-                    failure: Exception | None = exc
-                else:
-                    failure = None
-                    end: float | None = None
-                    if breaker is not None:
-                        if mode == _GENERAL:
-                            breaker._end(ticket, now if breaker._timed else None, result)
-                        else:
-                            if mode == _TIMED:
-                                end = clock()
-                                duration = end - now
-                                if duration >= 0.0:  # LatencyHistogram.observe, inlined
-                                    histogram = breaker._histogram
-                                    histogram.counts[bisect_left(histogram.bounds, duration)] += 1
-                                    histogram.count += 1
-                                    histogram.sum += duration
-                            if core.epoch == ticket:
-                                core.fast_successes += 1
-                                core.consecutive = 0
-                            else:
-                                breaker._fast_stale()
-                    if retry is not None:
-                        retry._first_ok += 1
-                # -- later attempts: Retry's own loop around the inner chain --------------------
-                if failure is not None:
-                    assert retry is not None
-                    attempt = self._attempt
-                    if attempt is None:
-                        args: tuple[Any, ...] = (ctx,)
-                        attempt = op
-                    else:
-                        args = (*self._inner, op, ctx)
-                    result = await retry._retry_loop(attempt, args, {}, failure, None, None, _INF)
-                    failure = None
-                    end = None
-            finally:
+                    scope = self._deadline_timeout._open()
+                except BaseException:
+                    _deadline_reset(scope_token)
+                    raise
+            try:
                 if bulkhead is not None:
-                    if bulkhead._queued:
-                        bulkhead._release()
+                    bulkhead._free -= 1
+                    bulkhead.admitted_at_once += 1
+                ticket = 0
+                if breaker is not None:
+                    ticket = core.epoch
+                    if mode == _GENERAL:
+                        core.admitted += 1
+                if limiter is not None:
+                    limiter._tat = tat
+                    limiter.allowed += 1
+                retry = c.retry
+                try:
+                    # -- the first attempt -----------------------------------------------------
+                    try:
+                        if deadline == _INF:
+                            result = await op(ctx)
+                        else:
+                            # _Sweeper.open and .close, inlined (see policies/timeout.py)
+                            task: Any = _task_of(loop)  # never None: a coroutine runs in a task
+                            entry: list[Any] = [
+                                deadline,
+                                next(_seq),
+                                task,
+                                task.cancelling(),
+                                _LIVE,
+                            ]
+                            heap = sweeper.heap
+                            heappush(heap, entry)
+                            sweeper.live += 1
+                            if deadline < sweeper.armed_at:
+                                sweeper.arm(deadline)
+                            elif len(heap) > _COMPACT_MIN and len(heap) > 4 * sweeper.live:
+                                sweeper.compact()
+                            deadline_token = _deadline_set(deadline)
+                            try:
+                                result = await op(ctx)
+                            except CancelledError as exc:
+                                if entry[_STATE] == _FIRED:
+                                    entry[_STATE] = _HANDLED
+                                    if task.uncancel() <= entry[_CANCELLING]:
+                                        expired = timeout._expired()  # type: ignore[union-attr]
+                                        raise expired from exc
+                                raise
+                            finally:
+                                _deadline_reset(deadline_token)
+                                if entry[_STATE] == _LIVE:
+                                    entry[_STATE] = _DONE
+                                    sweeper.live -= 1
+                                    heap = sweeper.heap  # compact() may have replaced it
+                                    if heap[0] is entry:
+                                        heappop(heap)
+                                        while heap and heap[0][_STATE] != _LIVE:
+                                            heappop(heap)
+                                else:
+                                    sweeper.close(entry)
+                    except BaseException as exc:
+                        if breaker is not None:
+                            if mode == _FAST:
+                                breaker._fast_exception(ticket, exc)
+                            elif mode == _TIMED:
+                                core.admit_late()
+                                breaker._record_exception(ticket, exc, now)
+                            else:
+                                breaker._record_exception(
+                                    ticket, exc, now if breaker._timed else None
+                                )
+                        if retry is None or not isinstance(exc, Exception):
+                            if retry is not None:
+                                retry._first_interrupted += 1
+                            raise
+                        failure: Exception | None = exc
                     else:
-                        bulkhead._free += 1
+                        failure = None
+                        end: float | None = None
+                        if breaker is not None:
+                            if mode == _GENERAL:
+                                breaker._end(ticket, now if breaker._timed else None, result)
+                            else:
+                                if mode == _TIMED:
+                                    end = clock()
+                                    duration = end - now
+                                    if duration >= 0.0:  # LatencyHistogram.observe, inlined
+                                        histogram = breaker._histogram
+                                        histogram.counts[
+                                            bisect_left(histogram.bounds, duration)
+                                        ] += 1
+                                        histogram.count += 1
+                                        histogram.sum += duration
+                                if core.epoch == ticket:
+                                    core.fast_successes += 1
+                                    core.consecutive = 0
+                                else:
+                                    breaker._fast_stale()
+                        if retry is not None:
+                            retry._first_ok += 1
+                    # -- later attempts: Retry's own loop around the inner chain ----------------
+                    if failure is not None:
+                        assert retry is not None
+                        attempt = self._attempt
+                        if attempt is None:
+                            args: tuple[Any, ...] = (ctx,)
+                            attempt = op
+                        else:
+                            args = (*self._inner, op, ctx)
+                        result = await retry._retry_loop(
+                            attempt, args, {}, failure, None, None, _INF
+                        )
+                        failure = None
+                        end = None
+                finally:
+                    if bulkhead is not None:
+                        if bulkhead._queued:
+                            bulkhead._release()
+                        else:
+                            bulkhead._free += 1
+            except BaseException as exc:
+                if scope is not None:
+                    expired = self._deadline_timeout._close(scope, exc)
+                    _deadline_reset(scope_token)
+                    if expired is not None:
+                        raise expired from exc
+                raise
+            if scope is not None:
+                expired = self._deadline_timeout._close(scope, None)
+                _deadline_reset(scope_token)
+                if expired is not None:
+                    raise expired  # noqa: TRY301 - raised in this frame on purpose
         except BaseException as exc:
             self._failed(exc, now)
             raise

@@ -34,6 +34,7 @@ from dwcp_resilience import (
     ResilienceManager,
     Retry,
     Timeout,
+    current_deadline,
 )
 from dwcp_resilience._lane import _LaneStack
 from dwcp_resilience._stack import _Stack
@@ -462,6 +463,8 @@ MANAGER_ACTIONS = (
     "cancel",
     "cancel_in_op",  # an outer cancellation while op runs inside the attempt timeout
     "cancel_in_backoff",  # an outer cancellation during the retry's backoff
+    "deadline_ok",  # a call deadline that does not fire
+    "deadline_flaky",  # a call deadline around a retried first failure
     "reset",
     "full",
 )
@@ -481,7 +484,12 @@ class ManagerRig:
     core's counters)."""
 
     def __init__(
-        self, fused: bool, max_failures: int, breaker: str = "fast", backoff: float = 0.5
+        self,
+        fused: bool,
+        max_failures: int,
+        breaker: str = "fast",
+        backoff: float = 0.5,
+        total: float | None = None,
     ) -> None:
         self.backoff = backoff
         self.rm = ResilienceManager("m")
@@ -521,10 +529,13 @@ class ManagerRig:
             self.budget,
             self.latency,
         )
+        if total is not None:  # the operation's own total deadline
+            self.rm.register_deadline("op", total)
         stack = self.rm._stacks["op"]
         assert (stack._head is not None) is fused
         assert isinstance(stack, _LaneStack) is fused
         self.calls = 0
+        self.deadlines: list[float] = []
 
     async def step(self, action: str) -> str:
         if action == "reset":
@@ -536,6 +547,9 @@ class ManagerRig:
         async def op(ctx: OperationContext) -> str:
             nonlocal attempts
             attempts += 1
+            # What op sees of its deadline (the tightest of the call's, the operation's and the
+            # attempt timeout's), as time left: the rigs run one after the other.
+            self.deadlines.append(round(current_deadline() - anyio.current_time(), 6))
             await anyio.lowlevel.checkpoint()
             if action == "fail" or (action in ("flaky", "cancel_in_backoff") and attempts == 1):
                 raise ConnectionError("down")
@@ -548,6 +562,8 @@ class ManagerRig:
         ctx: OperationContext | str = "op"
         if action == "deadline":
             ctx = OperationContext("op", deadline=anyio.current_time() + 2.0)
+        elif action in ("deadline_ok", "deadline_flaky"):
+            ctx = OperationContext("op", deadline=anyio.current_time() + 100.0)
         with anyio.CancelScope() as scope:
             if action == "cancel":
                 scope.cancel()
@@ -587,7 +603,7 @@ class ManagerRig:
             )
         ]
         counts = (stats.calls, stats.successes, stats.failures, stats.rejected, stats.cancelled)
-        return (counts, *timeless)
+        return (counts, tuple(self.deadlines), *timeless)
 
 
 _CLOCK_FIELDS = {"retry_after", "tokens", "availability"}  # readings of the clock
@@ -608,10 +624,11 @@ async def _hold(ctx: OperationContext) -> None:
 @given(
     actions=st.lists(st.sampled_from(MANAGER_ACTIONS), min_size=1, max_size=25),
     max_failures=st.integers(1, 4),
+    total=st.sampled_from([None, 9.0]),
     backend=st.sampled_from(["asyncio", "trio"]),
 )
 def test_manager_stack_matches_the_plain_chain(
-    actions: list[str], max_failures: int, breaker: str, backend: str
+    actions: list[str], max_failures: int, total: float | None, breaker: str, backend: str
 ) -> None:
     """The manager's stack (its fast lane on asyncio, fused on trio) gives the caller, its counts
     and every policy's statistics exactly what the plain chain of each policy's own ``call`` gives,
@@ -620,8 +637,8 @@ def test_manager_stack_matches_the_plain_chain(
     import trio.testing
 
     async def main() -> None:
-        fused = ManagerRig(True, max_failures, breaker)
-        chained = ManagerRig(False, max_failures, breaker)
+        fused = ManagerRig(True, max_failures, breaker, total=total)
+        chained = ManagerRig(False, max_failures, breaker, total=total)
         for action in actions:
             seen = await fused.step(action)
             assert seen == await chained.step(action), action
@@ -640,12 +657,16 @@ def test_manager_stack_matches_the_plain_chain(
 
 
 def _counts_only(snapshot: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A snapshot without the durations (real time: they differ between the rigs)."""
-    return tuple(
-        {k: v for k, v in part.items() if not isinstance(v, float) and k != "latency_counts"}
-        if isinstance(part, dict)
-        else part
-        for part in snapshot
+    """A snapshot without the durations and deadlines left (real time: they differ between the
+    rigs); the number of deadlines op saw stays."""
+    counts, deadlines, *policies = snapshot
+    return (
+        counts,
+        len(deadlines),
+        *(
+            {k: v for k, v in part.items() if not isinstance(v, float) and k != "latency_counts"}
+            for part in policies
+        ),
     )
 
 

@@ -15,13 +15,16 @@ from dwcp_resilience import (
     Bulkhead,
     Chaos,
     CircuitBreaker,
+    DeadlineExceeded,
     OperationContext,
     RateLimiter,
     ResilienceManager,
     Retry,
     Timeout,
+    current_deadline,
 )
 from dwcp_resilience._lane import _LaneStack
+from dwcp_resilience._stack import _Stack
 from dwcp_resilience.dwcp import SEND, DWCPPeer, DWCPResilienceConfig, DWCPResilientClient
 from dwcp_resilience.slo.error_budget import ErrorBudget
 from dwcp_resilience.slo.latency_budget import LatencyBudget
@@ -91,22 +94,48 @@ def test_nothing_to_run_takes_no_lane() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_call_with_a_deadline_runs_through_the_chain(backend_name: str) -> None:
-    """The lane scopes no deadline: a context deadline sends the call through the compiled chain,
-    which enforces it (the same result either way)."""
+@pytest.mark.real_time
+async def test_calls_with_deadlines_take_the_lane_and_the_deadline_holds(
+    backend_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lane enters the operation's deadline scope itself (the call's, or a registered total
+    deadline): such calls take no detour through the chain on asyncio and uvloop, op sees the
+    deadline, and an expired one ends the call with ``DeadlineExceeded``."""
+    fallbacks = 0
+    general = _Stack.run
+
+    def counting(self: _Stack, ctx: OperationContext, op: Any) -> Any:
+        nonlocal fallbacks
+        fallbacks += isinstance(self, _LaneStack)
+        return general(self, ctx, op)
+
+    monkeypatch.setattr(_Stack, "run", counting)
     rm = ResilienceManager("m")
     rm.register("op", *_usual())
+    rm.register_deadline("op", 30.0)
 
-    async def op(ctx: OperationContext) -> float | None:
+    async def op(ctx: OperationContext) -> tuple[float | None, float]:
         await anyio.lowlevel.checkpoint()
-        return ctx.deadline
+        return ctx.deadline, current_deadline()
 
     deadline = anyio.current_time() + 10.0
-    assert await rm.execute_with_all_protections(OperationContext("op", deadline=deadline), op) == (
-        deadline
-    )
-    assert await rm.execute_with_all_protections("op", op) is None
-    assert rm.statistics("op").successes == 2
+    call = OperationContext("op", deadline=deadline)
+    seen, effective = await rm.execute_with_all_protections(call, op)
+    assert seen == deadline  # the call's, earlier than the registered 30 s
+    assert effective < deadline  # the attempt timeout (5 s) is tighter still
+    seen, effective = await rm.execute_with_all_protections("op", op)  # the registered 30 s
+    assert seen is not None and seen - anyio.current_time() > 29.0
+    assert effective - anyio.current_time() <= 5.0  # the attempt timeout (5 s) is tighter
+
+    async def slow(ctx: OperationContext) -> None:
+        await anyio.sleep(5)
+
+    soon = OperationContext("op", deadline=anyio.current_time() + 0.05)
+    with pytest.raises(DeadlineExceeded):
+        await rm.execute_with_all_protections(soon, slow)
+    assert fallbacks == (3 if backend_name == "trio" else 0)
+    stats = rm.statistics("op")
+    assert (stats.successes, stats.failures) == (2, 1)
 
 
 @pytest.mark.anyio
