@@ -106,3 +106,26 @@ def redis_url(redis_server: RedisServer) -> str:
     with redis.Redis.from_url(redis_server.url) as client:
         client.flushall()
     return redis_server.url
+
+
+class LaneFallbacks:
+    """How many calls a manager's fast lane handed to the compiled chain (``_Stack.run``)."""
+
+    count = 0
+
+
+@pytest.fixture
+def lane_fallbacks(monkeypatch: pytest.MonkeyPatch) -> LaneFallbacks:
+    """Counts the calls a ``_LaneStack`` sends through ``_Stack.run`` instead of its own frame."""
+    from dwcp_resilience._lane import _LaneStack
+    from dwcp_resilience._stack import _Stack
+
+    seen = LaneFallbacks()
+    general = _Stack.run
+
+    def counting(self: _Stack, ctx: Any, op: Any) -> Any:
+        seen.count += isinstance(self, _LaneStack)
+        return general(self, ctx, op)
+
+    monkeypatch.setattr(_Stack, "run", counting)
+    return seen

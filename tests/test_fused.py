@@ -16,6 +16,7 @@ from typing import Any, cast
 import anyio
 import anyio.lowlevel
 import pytest
+from conftest import LaneFallbacks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,7 +38,6 @@ from dwcp_resilience import (
     current_deadline,
 )
 from dwcp_resilience._lane import _LaneStack
-from dwcp_resilience._stack import _Stack
 from dwcp_resilience.core._fused import fuse
 from dwcp_resilience.policies.backoff import ConstantBackoff
 from dwcp_resilience.slo.error_budget import ErrorBudget
@@ -673,20 +673,11 @@ def _counts_only(snapshot: tuple[Any, ...]) -> tuple[Any, ...]:
 @pytest.mark.real_time
 @pytest.mark.parametrize("breaker", BREAKER_KINDS)
 async def test_manager_lane_matches_the_plain_chain_on_every_backend(
-    breaker: str, backend_name: str, monkeypatch: pytest.MonkeyPatch
+    breaker: str, backend_name: str, lane_fallbacks: LaneFallbacks
 ) -> None:
     """uvloop too (looptime cannot patch it): same results and counts as the plain chain, and the
     lane runs every call on asyncio and uvloop that finds every admission open at once (all but
     the one that finds the bulkhead full, with a consecutive-count breaker)."""
-    fallbacks = 0
-    general = _Stack.run
-
-    def counting(self: _Stack, ctx: OperationContext, op: Any) -> Any:
-        nonlocal fallbacks
-        fallbacks += isinstance(self, _LaneStack)
-        return general(self, ctx, op)
-
-    monkeypatch.setattr(_Stack, "run", counting)
     fused = ManagerRig(True, 2, breaker, backoff=0.004)
     chained = ManagerRig(False, 2, breaker, backoff=0.004)
     actions = ["ok", "flaky", "ignored", "cancel", "cancel_in_op", "cancel_in_backoff", "ok"]
@@ -697,11 +688,11 @@ async def test_manager_lane_matches_the_plain_chain_on_every_backend(
         assert _counts_only(fused.snapshot()) == _counts_only(chained.snapshot()), action
     calls = len(actions) - 1 + 1  # "reset" is no call; "full" makes two
     if backend_name == "trio":
-        assert fallbacks == calls
+        assert lane_fallbacks.count == calls
     elif breaker == "window":  # the failure rate opens it for a while: those calls take the chain
-        assert 1 < fallbacks < calls
+        assert 1 < lane_fallbacks.count < calls
     else:
-        assert fallbacks == 1
+        assert lane_fallbacks.count == 1
 
 
 async def test_pipeline_call_returns_the_outer_layer_awaitable(backend_name: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from conftest import LaneFallbacks
 
 from dwcp_resilience import (
     AdaptiveRateLimiter,
@@ -24,7 +25,6 @@ from dwcp_resilience import (
     current_deadline,
 )
 from dwcp_resilience._lane import _LaneStack
-from dwcp_resilience._stack import _Stack
 from dwcp_resilience.dwcp import SEND, DWCPPeer, DWCPResilienceConfig, DWCPResilientClient
 from dwcp_resilience.slo.error_budget import ErrorBudget
 from dwcp_resilience.slo.latency_budget import LatencyBudget
@@ -96,20 +96,11 @@ def test_nothing_to_run_takes_no_lane() -> None:
 @pytest.mark.anyio
 @pytest.mark.real_time
 async def test_calls_with_deadlines_take_the_lane_and_the_deadline_holds(
-    backend_name: str, monkeypatch: pytest.MonkeyPatch
+    backend_name: str, lane_fallbacks: LaneFallbacks
 ) -> None:
     """The lane enters the operation's deadline scope itself (the call's, or a registered total
     deadline): such calls take no detour through the chain on asyncio and uvloop, op sees the
     deadline, and an expired one ends the call with ``DeadlineExceeded``."""
-    fallbacks = 0
-    general = _Stack.run
-
-    def counting(self: _Stack, ctx: OperationContext, op: Any) -> Any:
-        nonlocal fallbacks
-        fallbacks += isinstance(self, _LaneStack)
-        return general(self, ctx, op)
-
-    monkeypatch.setattr(_Stack, "run", counting)
     rm = ResilienceManager("m")
     rm.register("op", *_usual())
     rm.register_deadline("op", 30.0)
@@ -133,7 +124,7 @@ async def test_calls_with_deadlines_take_the_lane_and_the_deadline_holds(
     soon = OperationContext("op", deadline=anyio.current_time() + 0.05)
     with pytest.raises(DeadlineExceeded):
         await rm.execute_with_all_protections(soon, slow)
-    assert fallbacks == (3 if backend_name == "trio" else 0)
+    assert lane_fallbacks.count == (3 if backend_name == "trio" else 0)
     stats = rm.statistics("op")
     assert (stats.successes, stats.failures) == (2, 1)
 
