@@ -670,7 +670,6 @@ def _counts_only(snapshot: tuple[Any, ...]) -> tuple[Any, ...]:
     )
 
 
-@pytest.mark.real_time
 @pytest.mark.parametrize("breaker", BREAKER_KINDS)
 async def test_manager_lane_matches_the_plain_chain_on_every_backend(
     breaker: str, backend_name: str, lane_fallbacks: LaneFallbacks

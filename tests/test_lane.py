@@ -94,7 +94,6 @@ def test_nothing_to_run_takes_no_lane() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.real_time
 async def test_calls_with_deadlines_take_the_lane_and_the_deadline_holds(
     backend_name: str, lane_fallbacks: LaneFallbacks
 ) -> None:
