@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as redis_asyncio
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from ..core.clock import Clock, loop_time
 from ..core.errors import CircuitOpen, DeadlineExceeded, ResilienceError
@@ -121,8 +121,11 @@ class RedisBackend:
                 url,
                 socket_timeout=self._timeout,
                 socket_connect_timeout=self._timeout,
+                # The asyncio client's own retry class (redis-py >= 8.2 warns on the synchronous
+                # one), with no retries: the guard breaker owns retries, and a failed call falls
+                # back to local state at once. Without a retry object redis-py >= 6 would retry
+                # three times by default.
                 retry=Retry(NoBackoff(), 0),
-                retry_on_timeout=False,
             )
             self._owns_client = True
         else:
