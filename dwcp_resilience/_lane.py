@@ -31,16 +31,15 @@ included.
 from __future__ import annotations
 
 from asyncio import CancelledError
-from asyncio import events as _asyncio_events
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from heapq import heappop, heappush
-from threading import get_ident
 from typing import Any, TypeVar
 
 from ._stack import _Components, _Counts, _Stack
 from .core._fused import fuse
+from .core._runtime import current_task, running
 from .core.clock import Clock, loop_time
 from .core.context import OperationContext, _current, _deadline
 from .policies import timeout as _to
@@ -57,7 +56,6 @@ T = TypeVar("T")
 Operation = Callable[[OperationContext], Awaitable[T]]
 
 _INF = float("inf")
-_get_running_loop = _asyncio_events._get_running_loop
 _ctx_set = _current.set
 _ctx_reset = _current.reset
 _deadline_get = _deadline.get
@@ -65,7 +63,6 @@ _deadline_set = _deadline.set
 _deadline_reset = _deadline.reset
 _LIVE, _FIRED, _HANDLED = _to._LIVE, _to._FIRED, _to._HANDLED
 _STATE, _CANCELLING = _to._STATE, _to._CANCELLING
-_task_of = _to._task_of
 _seq = _to._seq
 _DONE = _to._DONE
 _COMPACT_MIN = _to._Sweeper.COMPACT_MIN
@@ -137,13 +134,10 @@ class _LaneStack(_Stack):
 
     async def run(self, ctx: OperationContext, op: Operation[T]) -> T:
         # -- the gate: asyncio or uvloop (the loop's sweeper and clock) ---------------------------
-        sweeper = _to._last  # one read: this loop's sweeper and clock, or another loop's
-        loop = sweeper.loop
-        if not (sweeper.fast and loop._thread_id == get_ident()):
-            loop = _get_running_loop()
-            if loop is None:  # trio
-                return await _Stack.run(self, ctx, op)
-            sweeper = _to._sweeper_for(loop)
+        state = running()
+        if state is None:  # trio
+            return await _Stack.run(self, ctx, op)
+        sweeper = state.deadlines or _to._sweeper_of(state)
         clock = sweeper.time
         now = clock()
         # -- the operation's deadline: the call's, or the registered one if earlier --------------
@@ -221,7 +215,8 @@ class _LaneStack(_Stack):
                             result = await op(ctx)
                         else:
                             # _Sweeper.open and .close, inlined (see policies/timeout.py)
-                            task: Any = _task_of(loop)  # never None: a coroutine runs in a task
+                            # never None: a coroutine runs in a task
+                            task: Any = current_task(sweeper.loop)
                             entry: list[Any] = [
                                 deadline,
                                 next(_seq),

@@ -16,6 +16,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+
+if os.environ.get("DWCP_SIMULATE_PY314"):
+    # CPython 3.14 (gh-129898) keeps asyncio.tasks._current_tasks but no longer fills it, and has no
+    # _asyncio._current_tasks: simulate that before the package is first imported.
+    if sys.version_info < (3, 12):
+        raise RuntimeError("DWCP_SIMULATE_PY314 needs CPython 3.12+ (3.11's current_task reads it)")
+    import _asyncio
+    import asyncio.tasks
+
+    asyncio.tasks._current_tasks = {}
+    if hasattr(_asyncio, "_current_tasks"):
+        del _asyncio._current_tasks
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any

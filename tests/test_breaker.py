@@ -812,35 +812,6 @@ async def test_exception_groups_are_classified_by_their_leaves(anyio_backend: An
     assert (stats.failures, stats.successes, stats.ignored) == (1, 1, 1)
 
 
-def test_the_default_clock_follows_the_loop() -> None:
-    """Plain asyncio reads time.monotonic directly; uvloop and looptime keep their own loop.time."""
-    import time
-
-    import looptime
-    import uvloop
-
-    from dwcp_resilience.policies.breaker import _clock_get, _resolve_clock
-
-    async def resolved() -> tuple[Any, Any]:
-        clock = _resolve_clock()
-        return clock, _clock_get(None)
-
-    for factory, expect_monotonic in (
-        (asyncio.new_event_loop, True),
-        (uvloop.new_event_loop, False),
-        (looptime.new_event_loop, False),
-    ):
-        with asyncio.Runner(loop_factory=factory) as runner:
-            clock, cached = runner.run(resolved())
-            loop = runner.get_loop()
-        assert cached is clock
-        if expect_monotonic:
-            assert clock is time.monotonic
-        else:
-            assert clock == loop.time
-    assert _clock_get(None) is None  # nothing leaks into the caller's context
-
-
 async def test_sleeping_exactly_retry_after_gets_a_probe(anyio_backend: Any) -> None:
     """A caller that waits exactly ``retry_after`` is admitted: on uvloop (millisecond clock) float
     rounding of ``opened_at + reset_timeout`` used to reject about a third of such calls."""

@@ -11,9 +11,17 @@ import anyio.lowlevel
 import pytest
 
 from dwcp_resilience import DeadlineExceeded, OperationContext, Timeout, current_deadline
+from dwcp_resilience.core import _runtime
 from dwcp_resilience.policies import timeout as timeout_module
 
 pytestmark = pytest.mark.anyio
+
+
+def _sweeper() -> Any:
+    """The running loop's deadline timer."""
+    state = _runtime.running()
+    assert state is not None
+    return timeout_module._sweeper_of(state)
 
 
 async def sleeper(seconds: float, result: str = "done") -> str:
@@ -332,7 +340,7 @@ async def test_sweeper_heap_stays_bounded(backend_name: str) -> None:
     timeout = Timeout(60)
     for _ in range(20_000):
         await timeout.call(noop)
-    sweeper = timeout_module._sweeper_for(asyncio.get_running_loop())
+    sweeper = _sweeper()
     assert len(sweeper.heap) <= 4 * sweeper.COMPACT_MIN
     assert sweeper.live == 0
 
@@ -342,7 +350,7 @@ async def test_sweeper_drops_done_deadlines_at_once(backend_name: str) -> None:
     call ends (entries die young), also with calls in flight that end out of order."""
     if backend_name == "trio":
         pytest.skip("the sweeper is asyncio's")
-    sweeper = timeout_module._sweeper_for(asyncio.get_running_loop())
+    sweeper = _sweeper()
     timeout = Timeout(60)
     before = len(sweeper.heap)
 
@@ -452,12 +460,12 @@ async def test_a_cached_sweeper_of_another_loop_is_not_used(backend_name: str) -
         pytest.skip("the sweeper is asyncio's")
     other = asyncio.new_event_loop()
     try:
-        timeout_module._sweeper_for(other)
-        assert timeout_module._last.loop is other
+        other_sweeper = timeout_module._sweeper_of(_runtime._state_of(other))
+        assert _runtime._last.loop is other
         with pytest.raises(DeadlineExceeded):
             await Timeout(0.05).call(anyio.sleep, 5)
-        assert timeout_module._last.loop is asyncio.get_running_loop()
-        assert not timeout_module._sweepers[other].heap
+        assert _runtime._last.loop is asyncio.get_running_loop()
+        assert not other_sweeper.heap
     finally:
         other.close()
 
@@ -488,7 +496,7 @@ def test_loops_in_two_threads_keep_their_own_deadlines() -> None:
                         await short.call(asyncio.sleep, 1)
                     except DeadlineExceeded:
                         expired += 1
-            sweeper = timeout_module._sweeper_for(asyncio.get_running_loop())
+            sweeper = _sweeper()
             results.append((ok, expired, len(sweeper.heap), sweeper.live))
 
         try:

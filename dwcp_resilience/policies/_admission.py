@@ -116,15 +116,9 @@ def limiter_admission(limiter: RateLimiter) -> Admission:
     ``enter`` takes the token only when ``RateLimiter.call`` would take it at once: the bucket's
     ``tat`` counts every queued reservation, so tokens there at once mean no waiter is passed over.
     """
-    from .ratelimit import _monotonic  # noqa: PLC0415 - no cycle
 
     def enter() -> object:
-        std = limiter._std
-        if std is not None and std._thread_id is not None:
-            now = _monotonic()
-        else:
-            loop = limiter._loop
-            now = loop.time() if loop is not None and loop.is_running() else limiter._now()
+        now = limiter._now()
         tat = limiter._tat
         floor = now - limiter._burst_time
         if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 from asyncio import Future
-from asyncio import events as _asyncio_events
 from typing import Any, Protocol
+
+from ..core._runtime import get_running_loop
 
 __all__ = ()  # private helpers of the waiting paths; nothing here is public API
 
 _INF = math.inf
-_get_running_loop = _asyncio_events._get_running_loop
 
 
 class Holder(Protocol):
@@ -41,7 +41,7 @@ async def park(holder: Holder, deadline: float = _INF) -> bool:
     after a False return the caller must treat ``deadline`` as reached even if its clock reads a
     hair less; otherwise it would re-arm the same timer forever.
     """
-    loop = _get_running_loop()
+    loop = get_running_loop()
     if loop is None:
         return await _park_trio(holder, deadline)
     fut: Future[bool] = loop.create_future()

@@ -43,11 +43,7 @@ import functools
 import inspect
 import logging
 import math
-import time
-from asyncio import BaseEventLoop
-from asyncio import events as _asyncio_events
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import Any, ParamSpec, TypeVar
@@ -92,30 +88,6 @@ T = TypeVar("T")
 _log = logging.getLogger("dwcp_resilience")
 _INF = math.inf
 _FAILURE, _SUCCESS, _NEUTRAL = Outcome.FAILURE, Outcome.SUCCESS, Outcome.NEUTRAL
-
-# -- the default clock ----------------------------------------------------------------------------
-# The loop's clock, resolved once per task (context) and kept in a ContextVar: on CPython 3.11 the
-# running-loop lookup costs a getpid() system call, several times the price of the read itself. A
-# plain asyncio loop's time() is time.monotonic(), so that C function is used directly; any other
-# loop (uvloop's cached millisecond clock, looptime's virtual clock, an instance patch) gets its
-# bound loop.time, so that our deadlines agree with its timers. On trio, and outside any loop,
-# loop_time() is used on every read (nothing is cached there).
-_clock_var: ContextVar[Clock] = ContextVar("dwcp_breaker_clock")
-_clock_get = _clock_var.get
-_get_running_loop = _asyncio_events._get_running_loop
-_BASE_TIME = BaseEventLoop.time
-_monotonic = time.monotonic
-
-
-def _resolve_clock() -> Clock:
-    loop = _get_running_loop()
-    if loop is None:
-        return loop_time
-    plain = type(loop).time is _BASE_TIME and "time" not in getattr(loop, "__dict__", ())
-    clock: Clock = _monotonic if plain else loop.time
-    _clock_var.set(clock)
-    return clock
-
 
 _new_exception = BaseException.__new__
 
@@ -458,7 +430,7 @@ class CircuitBreaker(PolicyBase):
 
     def _now(self) -> float:
         clock = self._clock
-        return (_clock_get(None) or _resolve_clock())() if clock is None else clock()
+        return loop_time() if clock is None else clock()
 
     def _on_transition(
         self, old: BreakerState, new: BreakerState, now: float, reason: str, manual: bool
@@ -597,7 +569,7 @@ class CircuitBreaker(PolicyBase):
             return result
         if epoch == ROUTE_OPEN:  # one clock read, one fresh exception
             clock = self._clock
-            now = (_clock_get(None) or _resolve_clock())() if clock is None else clock()
+            now = loop_time() if clock is None else clock()
             until = core.reject_until
             if now < until:
                 core.rejected += 1
@@ -649,7 +621,7 @@ class CircuitBreaker(PolicyBase):
                 return result
             if epoch == ROUTE_OPEN:
                 clock = self._clock
-                now = (_clock_get(None) or _resolve_clock())() if clock is None else clock()
+                now = loop_time() if clock is None else clock()
                 until = core.reject_until
                 if now < until:
                     core.rejected += 1

@@ -35,15 +35,13 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import time
-from asyncio import BaseEventLoop
-from asyncio import events as _asyncio_events
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from ..core._fused import Admission
+from ..core._runtime import running
 from ..core.clock import Clock, loop_time
 from ..core.context import _deadline
 from ..core.errors import RateLimited
@@ -59,9 +57,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _INF = math.inf
-_get_running_loop = _asyncio_events._get_running_loop
-_monotonic = time.monotonic
-_BASE_TIME = BaseEventLoop.time
 _deadline_get = _deadline.get
 
 
@@ -114,7 +109,7 @@ class RateLimiter(TokenBucket, PolicyBase):
         TypeError: if an argument has the wrong type (``True`` as a number included).
     """
 
-    __slots__ = ("_clock", "_loop", "_max_wait", "_name", "_std")
+    __slots__ = ("_clock", "_max_wait", "_name")
 
     def __init__(
         self,
@@ -129,8 +124,6 @@ class RateLimiter(TokenBucket, PolicyBase):
         self._name = check_name(name)
         self._max_wait = _INF if max_wait is None else _check_wait(max_wait)
         self._clock = _check_clock(clock)
-        self._loop: Any = None  # the asyncio loop whose clock the fast paths read
-        self._std: Any = None  # the same loop, when its clock is plain time.monotonic()
 
     @property
     def name(self) -> str:
@@ -142,29 +135,12 @@ class RateLimiter(TokenBucket, PolicyBase):
         return self._max_wait
 
     def _now(self) -> float:
-        """Read the clock, and cache the running asyncio loop for the fast paths.
-
-        ``asyncio.get_running_loop()`` costs ~200 ns on this CPython build, so the fast paths
-        check the cached loop instead: ``loop.is_running()``, or for a stock asyncio loop (whose
-        ``time()`` is ``time.monotonic()``) its ``_thread_id``, and then read ``time.monotonic()``
-        directly. A limiter shared by two threads' loops at once is not supported (asyncio
-        primitives are not thread-safe).
-        """
+        """Read the clock: the injected one, else the running loop's (see ``core/_runtime.py``)."""
         clock = self._clock
-        if clock is not None:
-            return clock()
-        loop = _get_running_loop()
-        self._loop = loop
-        self._std = (
-            loop
-            if loop is not None
-            and type(loop).time is _BASE_TIME
-            and getattr(loop, "_thread_id", None) is not None
-            else None
-        )
-        if loop is None:
-            return loop_time()
-        return float(loop.time())
+        if clock is None:
+            state = running()
+            return state.time() if state is not None else loop_time()
+        return clock()
 
     def __repr__(self) -> str:
         return (
@@ -207,12 +183,7 @@ class RateLimiter(TokenBucket, PolicyBase):
         """
         if n.__class__ is not int or n != 1:
             self.check_n(n)
-        std = self._std
-        if std is not None and std._thread_id is not None:
-            now = _monotonic()
-        else:
-            loop = self._loop
-            now = loop.time() if loop is not None and loop.is_running() else self._now()
+        now = self._now()
         tat = self._tat
         floor = now - self._burst_time
         if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
@@ -239,12 +210,7 @@ class RateLimiter(TokenBucket, PolicyBase):
         """
         if n.__class__ is not int or n != 1:
             self.check_n(n)
-        std = self._std
-        if std is not None and std._thread_id is not None:
-            now = _monotonic()
-        else:
-            loop = self._loop
-            now = loop.time() if loop is not None and loop.is_running() else self._now()
+        now = self._now()
         tat = self._tat
         floor = now - self._burst_time
         if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
@@ -317,12 +283,7 @@ class RateLimiter(TokenBucket, PolicyBase):
         Raises:
             RateLimited: (when awaited) if no token can be had in time; ``fn`` is not run.
         """
-        std = self._std
-        if std is not None and std._thread_id is not None:
-            now = _monotonic()
-        else:
-            loop = self._loop
-            now = loop.time() if loop is not None and loop.is_running() else self._now()
+        now = self._now()
         tat = self._tat
         floor = now - self._burst_time
         if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
@@ -357,12 +318,7 @@ class RateLimiter(TokenBucket, PolicyBase):
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
             # The fast path of `call`, inlined: one frame instead of two.
-            std = limiter._std
-            if std is not None and std._thread_id is not None:
-                now = _monotonic()
-            else:
-                loop = limiter._loop
-                now = loop.time() if loop is not None and loop.is_running() else limiter._now()
+            now = limiter._now()
             tat = limiter._tat
             floor = now - limiter._burst_time
             if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
@@ -378,12 +334,7 @@ class RateLimiter(TokenBucket, PolicyBase):
         return wrapper
 
     async def __aenter__(self) -> RateLimiter:
-        std = self._std
-        if std is not None and std._thread_id is not None:
-            now = _monotonic()
-        else:
-            loop = self._loop
-            now = loop.time() if loop is not None and loop.is_running() else self._now()
+        now = self._now()
         tat = self._tat
         floor = now - self._burst_time
         if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path

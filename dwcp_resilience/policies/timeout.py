@@ -22,18 +22,14 @@ deadline is due, so no precision is traded. On trio a ``trio.CancelScope`` does 
 from __future__ import annotations
 
 import math
-import threading
-import time
-from asyncio import BaseEventLoop, CancelledError, Task, current_task
-from asyncio import events as _asyncio_events
-from asyncio import tasks as _asyncio_tasks
+from asyncio import CancelledError, Task
 from collections.abc import Awaitable, Callable
 from heapq import heapify, heappop, heappush
 from itertools import count
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
-from weakref import WeakKeyDictionary
 
+from ..core._runtime import LoopState, current_task, running
 from ..core.context import _deadline
 from ..core.errors import DeadlineExceeded
 from ..core.policy import PolicyBase, TaskLocalStack
@@ -45,16 +41,9 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _INF = math.inf
-_get_running_loop = _asyncio_events._get_running_loop
 _deadline_get = _deadline.get
 _deadline_set = _deadline.set
 _deadline_reset = _deadline.reset
-# asyncio.current_task is a Python function on CPython 3.11 (C from 3.12), ~90 ns a call here: read
-# the table it reads, where there is one.
-_current_tasks = getattr(_asyncio_tasks, "_current_tasks", None)
-_task_of: Callable[[Any], Task[Any] | None] = (
-    _current_tasks.get if isinstance(_current_tasks, dict) else current_task
-)
 
 
 # A deadline entry is a plain list, [deadline, seq, task, cancelling_on_entry, state], ordered in
@@ -69,19 +58,13 @@ Entry = list[Any]
 class _Sweeper:
     """All asyncio deadlines of one loop behind one timer handle."""
 
-    __slots__ = ("armed_at", "fast", "handle", "heap", "live", "loop", "time")
+    __slots__ = ("armed_at", "handle", "heap", "live", "loop", "time")
 
     COMPACT_MIN = 1024
 
-    def __init__(self, loop: Any) -> None:
-        self.loop = loop
-        # The loop's clock: asyncio's own loop.time() is a Python method returning
-        # time.monotonic(); for that class we call the C function directly (looptime and uvloop
-        # override time(), so their loop.time stays in use).
-        plain = getattr(type(loop), "time", None) is BaseEventLoop.time
-        self.time: Callable[[], float] = time.monotonic if plain or loop is None else loop.time
-        # A BaseEventLoop records the thread running it in ``_thread_id`` (see _last below).
-        self.fast = isinstance(loop, BaseEventLoop)
+    def __init__(self, state: LoopState) -> None:
+        self.loop = state.loop
+        self.time: Callable[[], float] = state.time  # the loop's clock (see core/_runtime.py)
         self.heap: list[Entry] = []
         self.handle: Any = None
         self.armed_at = _INF
@@ -149,31 +132,12 @@ class _Sweeper:
             self.arm(heap[0][_DEADLINE])
 
 
-_sweepers: WeakKeyDictionary[Any, _Sweeper] = WeakKeyDictionary()
-# The sweeper of the last loop seen, as one global so that one read gives a consistent loop,
-# clock and sweeper even while another thread's loop replaces it (three globals could be read
-# half-updated).
-#
-# Finding the running loop: asyncio's C ``_get_running_loop()`` costs ~180 ns per call on CPython
-# 3.11 here (measured), more than the rest of a timeout's bookkeeping. A loop derived from
-# BaseEventLoop records the thread running it in ``_thread_id`` (None when stopped), and a thread
-# runs one loop at a time: so ``sweeper.fast and sweeper.loop._thread_id == get_ident()`` proves
-# the cached sweeper is the running loop's for ~40 ns. Other loops (uvloop) take the lookup.
-_last: _Sweeper = _Sweeper(None)
-_get_ident = threading.get_ident
-
-
-def _sweeper_for(loop: Any) -> _Sweeper:
-    """The sweeper of ``loop`` (made on first use), which becomes the cached one."""
-    global _last
-    sweeper = _last
-    if sweeper.loop is loop:
-        return sweeper
-    found = _sweepers.get(loop)
-    if found is None:
-        found = _sweepers[loop] = _Sweeper(loop)
-    _last = found
-    return found
+def _sweeper_of(state: LoopState) -> _Sweeper:
+    """The sweeper of the loop of ``state``, made on first use and kept on the loop's state."""
+    sweeper: _Sweeper | None = state.deadlines
+    if sweeper is None:
+        sweeper = state.deadlines = _Sweeper(state)
+    return sweeper
 
 
 class _AsyncioEntry:
@@ -233,13 +197,10 @@ class Timeout(PolicyBase):
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)``; raise ``DeadlineExceeded`` if our deadline fires first."""
         # The asyncio half of `_open`/`_close`, inlined: this is the timeout's hot path.
-        sweeper = _last
-        loop = sweeper.loop
-        if not (sweeper.fast and loop._thread_id == _get_ident()):
-            loop = _get_running_loop()
-            if loop is None:
-                return await self._call_trio(fn, *args, **kwargs)
-            sweeper = _sweeper_for(loop)
+        state = running()
+        if state is None:
+            return await self._call_trio(fn, *args, **kwargs)
+        sweeper = state.deadlines or _sweeper_of(state)
         now = sweeper.time()
         deadline = now + self._seconds
         outer = _deadline_get()
@@ -249,7 +210,7 @@ class Timeout(PolicyBase):
             return await fn(*args, **kwargs)
         if deadline <= now:
             raise self._expired()
-        task = _task_of(loop)
+        task = current_task(sweeper.loop)
         if task is None:  # pragma: no cover - a coroutine always runs in a task under asyncio
             raise RuntimeError("Timeout.call must run inside an asyncio task")
         entry = sweeper.open(task, deadline)
@@ -290,13 +251,10 @@ class Timeout(PolicyBase):
         Raises:
             DeadlineExceeded: the deadline (``seconds <= 0`` or an enclosing one) has passed already.
         """
-        sweeper = _last
-        loop = sweeper.loop
-        if not (sweeper.fast and loop._thread_id == _get_ident()):
-            loop = _get_running_loop()
-            if loop is None:
-                return self._open_trio()
-            sweeper = _sweeper_for(loop)
+        state = running()
+        if state is None:
+            return self._open_trio()
+        sweeper = state.deadlines or _sweeper_of(state)
         now = sweeper.time()
         deadline = now + self._seconds
         outer = _deadline_get()
@@ -305,7 +263,7 @@ class Timeout(PolicyBase):
             raise self._expired()
         if deadline == _INF:
             return _AsyncioEntry(None, None, _deadline_set(deadline))
-        task = _task_of(loop)
+        task = current_task(sweeper.loop)
         if task is None:  # pragma: no cover - a coroutine always runs in a task under asyncio
             raise RuntimeError("a Timeout scope must run inside an asyncio task")
         return _AsyncioEntry(sweeper.open(task, deadline), sweeper, _deadline_set(deadline))
