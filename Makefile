@@ -1,29 +1,65 @@
 # The two commands: `make demo` and `make test`. Both set themselves up on a fresh clone.
+#
+# .venv holds the locked dependencies (requirements/lock.txt, made by `make lock`), the package in
+# editable mode, and the tools that drive the matrix (uv, nox). `make test-all` runs the suite on
+# every supported Python (nox sessions, each in its own venv; PYTHONS=... to choose interpreters).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-PIP    := $(PY) -m pip install -q --config-settings editable_mode=compat
-STAMP  := $(VENV)/.installed-dev
-BENCH_STAMP := $(VENV)/.installed-bench
+UV     := $(VENV)/bin/uv
+NOX    := $(VENV)/bin/nox
+BOOT   := $(VENV)/.bootstrapped
+STAMP  := $(VENV)/.installed
+LOCK   := requirements/lock.txt
+# Parallel test workers (pytest-xdist); `make test WORKERS=0` runs in one process.
+WORKERS ?= 2
+XDIST  := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS))
 
-.PHONY: test check demo bench fmt lint typecheck sysdeps clean
+.PHONY: test test-all test-latest test-lowest coverage check demo bench fmt lint typecheck lock \
+	sysdeps clean
 
-# The test environment includes the demo's extra: the suite runs the demo and checks its picture.
-$(STAMP): pyproject.toml
+# uv itself comes from pip, at the version the lock pins; everything else from the lock, by uv.
+$(BOOT):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[dev,trio,uvloop,redis,demo]'
+	$(PY) -m pip install -q --disable-pip-version-check -c $(LOCK) uv
 	touch $@
 
-$(BENCH_STAMP): $(STAMP)
-	$(PIP) -e '.[dev,trio,uvloop,redis,demo,bench]'
+$(STAMP): $(BOOT) pyproject.toml $(LOCK)
+	$(UV) pip install -q --python $(PY) -r $(LOCK)
+	$(UV) pip install -q --python $(PY) --no-deps -C editable_mode=compat -e .
 	touch $@
 
 sysdeps:
 	bash scripts/install-sysdeps.sh
 
-## make test: the whole suite (installs the venv and the system packages it needs first)
+## make test: the whole suite on the default Python, under coverage (line and branch, every
+## process), with the floor of pyproject.toml [tool.coverage.report]
+test: export COVERAGE_FILE := $(CURDIR)/.coverage-data/make-test/.coverage
 test: $(STAMP) sysdeps
-	$(PY) -m pytest
+	rm -rf .coverage-data/make-test && mkdir -p .coverage-data/make-test
+	$(PY) -m coverage run -m pytest -p no:cacheprovider $(XDIST)
+	$(PY) -m coverage combine -q
+	$(PY) -m coverage report --format=total | sed 's/^/coverage (line+branch, %): /'
+	$(PY) -m coverage report --skip-covered --skip-empty
+
+## make test-all: the suite on every supported Python (3.11, 3.12, 3.13), then once with the public
+## asyncio path forced and once per 3.12+ interpreter as CPython 3.14 leaves asyncio's task table
+test-all: $(STAMP) sysdeps
+	$(NOX) --no-reuse-existing-virtualenvs -s tests public py314sim -- $(XDIST)
+	$(NOX) -s coverage
+
+## make test-latest: the newest release of every dependency, unlocked
+test-latest: $(STAMP) sysdeps
+	$(NOX) -s latest -- $(XDIST)
+
+## make test-lowest: the lowest versions pyproject.toml declares
+test-lowest: $(STAMP) sysdeps
+	$(NOX) -s lowest -- $(XDIST)
+
+## make lock: re-resolve requirements/lock.txt (newest releases that pyproject.toml allows)
+lock: $(BOOT)
+	$(UV) pip compile pyproject.toml requirements/tools.in --all-extras --universal \
+		--python-version 3.11 -o $(LOCK)
 
 ## make check: format check + ruff + mypy --strict + tests
 check: $(STAMP)
@@ -48,9 +84,9 @@ demo: $(STAMP)
 
 ## make bench: every bench case, ours next to the peers, asyncio and uvloop (the Redis case starts
 ## its own redis-server on a free loopback port)
-bench: $(BENCH_STAMP) sysdeps
+bench: $(STAMP) sysdeps
 	mkdir -p bench/results
 	$(PY) -m bench --out bench/results/latest.md
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .nox .coverage-data .mypy_cache .ruff_cache .pytest_cache .hypothesis
