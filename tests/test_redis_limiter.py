@@ -8,6 +8,7 @@ import json
 import math
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -418,11 +419,20 @@ import asyncio, json, math, sys, time
 from dwcp_resilience import RateLimited
 from dwcp_resilience.redis import RedisBackend, RedisRateLimiter
 
-async def main(url, start, duration, tasks):
+async def main(url, barrier, children, duration, tasks):
     async with RedisBackend(url, timeout=2.0) as backend:
         limiter = RedisRateLimiter(backend, "fleet", rate=200, burst=20)
-        await backend.client.ping()
+        client = backend.client
         times = []
+        # A start barrier: the last child to connect sets the common start time, so a slow
+        # import or connect on a loaded machine cannot leave one child outside the window.
+        if await client.incr(barrier + ":ready") == children:
+            await client.set(barrier + ":start", repr(time.time() + 0.2))
+        give_up = time.monotonic() + 60.0
+        while (start := await client.get(barrier + ":start")) is None:
+            assert time.monotonic() < give_up, "the other children never connected"
+            await asyncio.sleep(0.01)
+        start = float(start)
         await asyncio.sleep(max(0.0, start - time.time()))
         end = start + duration
 
@@ -441,13 +451,15 @@ async def main(url, start, duration, tasks):
         stats = limiter.statistics()
         print(json.dumps({"times": times, "local": stats.local, "leased": stats.leased}))
 
-if sys.argv[5] == "uvloop":
+if sys.argv[6] == "uvloop":
     import uvloop
     factory = uvloop.new_event_loop
 else:
     factory = asyncio.new_event_loop
 with asyncio.Runner(loop_factory=factory) as runner:
-    runner.run(main(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])))
+    runner.run(
+        main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]))
+    )
 """
 
 
@@ -456,12 +468,12 @@ async def test_four_processes_share_one_limiter(
 ) -> None:
     """Each child runs 10 waiting and 10 trying acquirers on the parent's kind of loop."""
     rate, burst, duration = 200, 20, 2.0
-    start = time.time() + 2.5  # time for the children to import and connect
-    command = [sys.executable, "-c", CHILD, redis_url, repr(start), repr(duration), "10"]
+    barrier = f"test-barrier:{uuid.uuid4().hex}"
+    command = [sys.executable, "-c", CHILD, redis_url, barrier, "4", repr(duration), "10"]
     outputs: list[dict[str, Any]] = []
 
     async def child() -> None:
-        with anyio.fail_after(30):
+        with anyio.fail_after(90):
             done = await anyio.run_process([*command, backend_name], check=False, cwd=ROOT)
         assert done.returncode == 0, done.stderr.decode()
         outputs.append(json.loads(done.stdout))
