@@ -130,6 +130,17 @@ def _pytest(session: nox.Session, *, coverage: bool, **env: str) -> None:
     session.run("python", "-m", "coverage", "report", "--skip-covered", "--skip-empty", env=env)
 
 
+_VERSIONS = (
+    "import importlib.metadata as m\n"
+    "print(' '.join(sorted(f'{d.name}=={d.version}' for d in m.distributions())))"
+)
+
+
+def _show_versions(session: nox.Session) -> None:
+    """Print what an unlocked session resolved, so a drift report names the versions."""
+    session.run("python", "-c", _VERSIONS)
+
+
 @nox.session(python=VERSIONS)
 def tests(session: nox.Session) -> None:
     """The whole suite under coverage, with the locked dependencies."""
@@ -155,7 +166,7 @@ def py314sim(session: nox.Session) -> None:
 def latest(session: nox.Session) -> None:
     """The newest release of every dependency (no lock): drift shows up here first."""
     session.install("--upgrade", "--resolution", "highest", "-e", f".[{EXTRAS}]")
-    session.run("python", "-m", "pip", "list", "--format=freeze", silent=False, external=False)
+    _show_versions(session)
     _pytest(session, coverage=False)
 
 
@@ -163,6 +174,7 @@ def latest(session: nox.Session) -> None:
 def lowest(session: nox.Session) -> None:
     """The lowest versions pyproject.toml declares for every direct dependency."""
     session.install("--resolution", "lowest-direct", "-e", f".[{EXTRAS}]")
+    _show_versions(session)
     _pytest(session, coverage=False)
 
 
