@@ -23,10 +23,10 @@ when it is granted it wakes the next waiter, which takes the timer over. Each ad
 wakeups however many tasks wait (aiolimiter#73). A waiter cancelled after it was granted but before it
 resumed gives its tokens back, and the waiters behind a cancelled one move forward.
 
-The uncontended path awaits nothing (no checkpoint), allocates nothing and reads the clock once:
-on a stock asyncio loop ``time.monotonic()`` directly (what ``loop.time()`` returns), after checking
-that the loop it cached is still running; elsewhere ``loop.time()`` (uvloop, looptime) or the trio
-clock. Counters are plain ints: ``statistics()`` carries what the Go metrics need (allowed, rejected,
+The uncontended path awaits nothing (no checkpoint), allocates nothing and reads the clock once,
+through the one cache of the running loop's clock in ``core/_runtime.py``: ``time.monotonic()`` on a
+stock asyncio loop (what its ``loop.time()`` returns), ``loop.time()`` elsewhere (uvloop, looptime),
+the trio clock on trio, or the injected ``clock=``. Counters are plain ints: ``statistics()`` carries what the Go metrics need (allowed, rejected,
 current rate).
 """
 
