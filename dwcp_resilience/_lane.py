@@ -7,12 +7,12 @@ limiter's, the timeout's). :class:`_LaneStack` runs a call's *first attempt* in 
 frame instead, when every admission can be had at once:
 
 - it first checks, without changing anything, that the bulkhead has a free permit, that the breaker
-  admits on its CLOSED path, that the limiter has a token with nobody queued, and that the attempt
-  timeout's deadline is still ahead; if any check fails the call takes the compiled chain
-  (:meth:`_Stack.run <dwcp_resilience._stack._Stack.run>`) from the start, which waits, rejects or
-  raises exactly as before. Nothing was taken, so nothing is given back;
+  admits on its CLOSED path and that the attempt timeout's deadline is still ahead, then takes the
+  limiter's token if one is there (``TokenBucket.take``); if any of these fails the call takes the
+  compiled chain (:meth:`_Stack.run <dwcp_resilience._stack._Stack.run>`) from the start, which
+  waits, rejects or raises exactly as before. Nothing was taken, so nothing is given back;
 - it then enters the operation's deadline scope (the call's deadline, or the registered total one
-  if earlier, as :meth:`_Stack.run` does), takes the permit and the token, admits in the breaker,
+  if earlier, as :meth:`_Stack.run` does), takes the permit, admits in the breaker,
   opens the attempt timeout, and awaits ``op`` with one clock reading shared by all of them; on
   return one more reading serves the breaker's latency histogram and both budgets;
 - when the first attempt raises, every policy records the exception as its own ``call`` would
@@ -164,15 +164,6 @@ class _LaneStack(_Stack):
             core = breaker._core
             if (core.route < 0) if mode == _FAST else (core.state is not _CLOSED):
                 return await _Stack.run(self, call, op)
-        limiter = c.limiter
-        if limiter is not None:
-            tat = limiter._tat
-            floor = now - limiter._burst_time
-            if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
-                tat = floor
-            tat += limiter._inv_rate
-            if tat > now:
-                return await _Stack.run(self, call, op)
         timeout = c.timeout
         deadline = _INF
         if timeout is not None:
@@ -182,7 +173,11 @@ class _LaneStack(_Stack):
                 deadline = outer
             if deadline <= now:
                 return await _Stack.run(self, call, op)
-        # -- take them --------------------------------------------------------------------------
+        # The limiter's check is its take (the last check: when it fails, nothing was taken).
+        limiter = c.limiter
+        if limiter is not None and not limiter.take(1, now):
+            return await _Stack.run(self, call, op)
+        # -- take the rest -------------------------------------------------------------------------
         counts = self._counts
         counts.calls += 1
         token = _ctx_set(ctx)
@@ -204,9 +199,6 @@ class _LaneStack(_Stack):
                     ticket = core.epoch
                     if mode == _GENERAL:
                         core.admitted += 1
-                if limiter is not None:
-                    limiter._tat = tat
-                    limiter.allowed += 1
                 retry = c.retry
                 try:
                     # -- the first attempt -----------------------------------------------------

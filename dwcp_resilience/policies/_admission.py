@@ -117,18 +117,10 @@ def limiter_admission(limiter: RateLimiter) -> Admission:
     ``tat`` counts every queued reservation, so tokens there at once mean no waiter is passed over.
     """
 
+    take, now = limiter.take, limiter._now
+
     def enter() -> object:
-        now = limiter._now()
-        tat = limiter._tat
-        floor = now - limiter._burst_time
-        if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
-            tat = floor
-        tat += limiter._inv_rate
-        if tat <= now:
-            limiter._tat = tat
-            limiter.allowed += 1
-            return None
-        return WAIT
+        return None if take(1, now()) else WAIT
 
     async def wait() -> object:
         await limiter._wait(1, limiter._now(), None)

@@ -177,7 +177,7 @@ class KeyedRateLimiter:
             if len(limiters) >= self._max_keys:
                 self.rejected_keys += 1
                 oldest = next(iter(limiters.values()))
-                wait = oldest._tat + oldest._burst_time - now  # when it will be full again
+                wait = oldest.full_at() - now
                 raise RateLimited(self._name, wait if wait > 0.0 else None)
         limiter = RateLimiter(
             self._name,
@@ -217,16 +217,8 @@ class KeyedRateLimiter:
         now = self._clock()
         limiter = self._limiter(key, now)
         limiter.check_n(n)
-        tat = limiter._tat
-        floor = now - limiter._burst_time
-        if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
-            tat = floor
-        tat += n * limiter._inv_rate
-        if tat <= now:
-            limiter._tat = tat
-            limiter.allowed += 1
-            return
-        await limiter._wait(n, now, max_wait)
+        if not limiter.take(n, now):
+            await limiter._wait(n, now, max_wait)
 
     async def call(
         self, key: Hashable, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs

@@ -26,7 +26,9 @@ resumed gives its tokens back, and the waiters behind a cancelled one move forwa
 The uncontended path awaits nothing (no checkpoint), allocates nothing and reads the clock once,
 through the one cache of the running loop's clock in ``core/_runtime.py``: ``time.monotonic()`` on a
 stock asyncio loop (what its ``loop.time()`` returns), ``loop.time()`` elsewhere (uvloop, looptime),
-the trio clock on trio, or the injected ``clock=``. Counters are plain ints: ``statistics()`` carries what the Go metrics need (allowed, rejected,
+the trio clock on trio, or the injected ``clock=``. Every entry point admits at once through the one
+decision, :meth:`TokenBucket.take <dwcp_resilience.policies.ratelimit_core.TokenBucket.take>`.
+Counters are plain ints: ``statistics()`` carries what the Go metrics need (allowed, rejected,
 current rate).
 """
 
@@ -123,7 +125,8 @@ class RateLimiter(TokenBucket, PolicyBase):
         TokenBucket.__init__(self, rate, burst)
         self._name = check_name(name)
         self._max_wait = _INF if max_wait is None else _check_wait(max_wait)
-        self._clock = _check_clock(clock)
+        # The running loop's own clock, however it is passed, is read through the one cache.
+        self._clock = None if clock is loop_time else _check_clock(clock)
 
     @property
     def name(self) -> str:
@@ -183,15 +186,7 @@ class RateLimiter(TokenBucket, PolicyBase):
         """
         if n.__class__ is not int or n != 1:
             self.check_n(n)
-        now = self._now()
-        tat = self._tat
-        floor = now - self._burst_time
-        if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
-            tat = floor
-        tat += n * self._inv_rate
-        if tat <= now:
-            self._tat = tat
-            self.allowed += 1
+        if self.take(n, self._now()):
             return True
         self.rejected += 1
         return False
@@ -211,16 +206,8 @@ class RateLimiter(TokenBucket, PolicyBase):
         if n.__class__ is not int or n != 1:
             self.check_n(n)
         now = self._now()
-        tat = self._tat
-        floor = now - self._burst_time
-        if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
-            tat = floor
-        tat += n * self._inv_rate
-        if tat <= now:
-            self._tat = tat
-            self.allowed += 1
-            return
-        await self._wait(n, now, max_wait)
+        if not self.take(n, now):
+            await self._wait(n, now, max_wait)
 
     async def _wait(self, n: int, now: float, max_wait: float | None) -> None:
         limit = self._max_wait if max_wait is None else _check_wait(max_wait)
@@ -236,10 +223,17 @@ class RateLimiter(TokenBucket, PolicyBase):
             while ticket.state == QUEUED:
                 if self.head() is ticket:
                     ready = self.head_ready_at(now)
-                    woken = await park(ticket, ready)
-                    now = self._now()
-                    if not woken and now < ready:  # the timer fired a clock tick early
-                        now = ready
+                    if self._clock is None:
+                        woken = await park(ticket, ready)
+                        now = self._now()
+                        if not woken and now < ready:  # the loop's timer fired a tick early
+                            now = ready
+                    else:
+                        # An injected clock has its own timebase: sleep on the loop's timer for
+                        # as long as that clock says is left, then read it again (a clock that
+                        # stands still keeps the waiter waiting, as it should).
+                        await park(ticket, loop_time() + (ready - now))
+                        now = self._now()
                     self._dispatch(now, ticket)
                 else:
                     await park(ticket)
@@ -284,14 +278,7 @@ class RateLimiter(TokenBucket, PolicyBase):
             RateLimited: (when awaited) if no token can be had in time; ``fn`` is not run.
         """
         now = self._now()
-        tat = self._tat
-        floor = now - self._burst_time
-        if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
-            tat = floor
-        tat += self._inv_rate
-        if tat <= now:
-            self._tat = tat
-            self.allowed += 1
+        if self.take(1, now):
             return fn(*args, **kwargs)  # type: ignore[return-value]
         return self._call_waiting(now, fn, args, kwargs)
 
@@ -317,17 +304,8 @@ class RateLimiter(TokenBucket, PolicyBase):
 
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            # The fast path of `call`, inlined: one frame instead of two.
             now = limiter._now()
-            tat = limiter._tat
-            floor = now - limiter._burst_time
-            if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
-                tat = floor
-            tat += limiter._inv_rate
-            if tat <= now:
-                limiter._tat = tat
-                limiter.allowed += 1
-            else:
+            if not limiter.take(1, now):
                 await limiter._wait(1, now, None)
             return await fn(*args, **kwargs)
 
@@ -335,15 +313,7 @@ class RateLimiter(TokenBucket, PolicyBase):
 
     async def __aenter__(self) -> RateLimiter:
         now = self._now()
-        tat = self._tat
-        floor = now - self._burst_time
-        if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
-            tat = floor
-        tat += self._inv_rate
-        if tat <= now:
-            self._tat = tat
-            self.allowed += 1
-        else:
+        if not self.take(1, now):
             await self._wait(1, now, None)
         return self
 

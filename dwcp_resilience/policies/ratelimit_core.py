@@ -83,6 +83,7 @@ class TokenBucket:
     __slots__ = (
         "_burst",
         "_burst_time",
+        "_granted_at",
         "_high",
         "_inv_rate",
         "_queue",
@@ -110,6 +111,7 @@ class TokenBucket:
         )  # the latest clock reading the core has seen (a clock step back is clamped)
         self._queue: deque[Ticket] = deque()
         self._queued = 0  # tokens reserved by QUEUED tickets
+        self._granted_at = -_INF  # the clock reading of the latest grant
         self._shifts = 0  # times tat was raised to the full-bucket floor outside an admit
         self.allowed = 0  # admitted at once (the shell's fast paths count here too)
         self.allowed_waited = 0  # admitted after waiting
@@ -160,10 +162,22 @@ class TokenBucket:
 
     # -- deciding --------------------------------------------------------------------------------
 
-    def try_acquire(self, n: int, now: float) -> bool:
-        """Take ``n`` tokens at ``now`` if they are there and nobody is queued; never waits."""
-        self.check_n(n)
-        now = self._seen(now)
+    def take(self, n: int, now: float) -> bool:
+        """The admission decision, and its only home: take ``n`` tokens at ``now`` if they are
+        there, counting the request as allowed; else change nothing and return ``False``.
+
+        ``n`` is not checked (the callers check it, or know it is 1). A refusal is not counted: the
+        caller decides whether it is final (:meth:`try_acquire`) or queues (:meth:`reserve`).
+        Tokens reserved by queued tickets are already in ``tat``, so a take never overtakes a
+        waiter. A clock that steps back is read as the latest reading seen. Every entry point of
+        :class:`~dwcp_resilience.RateLimiter`, the keyed limiter and the manager's lane admit at
+        once through here.
+        """
+        high = self._high  # _seen(), inlined: this is the hot path of every limiter call
+        if now < high:
+            now = high
+        else:
+            self._high = now
         tat = self._tat
         floor = now - self._burst_time
         if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
@@ -173,24 +187,37 @@ class TokenBucket:
             self._tat = tat
             self.allowed += 1
             return True
+        return False
+
+    def try_acquire(self, n: int, now: float) -> bool:
+        """Take ``n`` tokens at ``now`` if they are there and nobody is queued; never waits."""
+        self.check_n(n)
+        if self.take(n, now):
+            return True
         self.rejected += 1
         return False
+
+    def _empty_at(self, now: float) -> float:
+        # When the bucket is (or was) empty, seen at `now`: tat, raised to the full-bucket floor (a
+        # bucket holds no more than `burst`). take() has the same two lines inlined.
+        tat = self._tat
+        floor = now - self._burst_time
+        return floor if tat < floor else tat
+
+    def full_at(self) -> float:
+        """When the bucket will hold ``burst`` tokens again, if nobody takes any."""
+        return self._tat + self._burst_time
 
     def reserve(self, n: int, now: float, deadline: float = _INF) -> Ticket:
         """Admit ``n`` tokens at once (a ``DONE`` ticket), or queue for them if they can be had by
         ``deadline`` (``QUEUED``, ``ready_at`` = projected admission time), or reject (``REJECTED``,
         ``ready_at`` = when they could have been had)."""
         self.check_n(n)
-        now = self._seen(now)
-        tat = self._tat
-        floor = now - self._burst_time
-        if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
-            tat = floor
+        if self.take(n, now):
+            return Ticket(n, DONE, self._high)
+        now = self._high  # take() read the clock, clamped
+        tat = self._empty_at(now)
         ready = tat + n * self._inv_rate
-        if ready <= now + _TOL:
-            self._tat = ready
-            self.allowed += 1
-            return Ticket(n, DONE, now)
         if ready > deadline:
             self.rejected += 1
             return Ticket(n, REJECTED, ready)
@@ -244,6 +271,7 @@ class TokenBucket:
             self._queued -= head.n
             head.state = GRANTED
             head.ready_at = now
+            self._granted_at = now
             head.mark = self._mark()
             granted.append(head)
 
@@ -264,10 +292,10 @@ class TokenBucket:
 
         A queued ticket's reservation is removed: the tickets behind it move forward, as if it
         never existed. A granted ticket that never ran gets its tokens back when nothing else
-        touched the bucket since the grant (the usual case: the cancel lands in the same loop
-        iteration), less any part the bucket would have forgotten by now (a full bucket holds no
-        more than ``burst``); otherwise nothing is refunded, which is never more than a run
-        without it would have admitted.
+        touched the bucket since the grant and no ticket was granted later (the usual case: the
+        cancel lands in the same loop iteration), less any part the bucket would have forgotten
+        by now (a full bucket holds no more than ``burst``); otherwise nothing is refunded, which
+        is never more than a run without it would have admitted.
         """
         state = ticket.state
         if state == QUEUED:
@@ -279,7 +307,9 @@ class TokenBucket:
                 self._queue = deque(t for t in queue if t.state == QUEUED)
         elif state == GRANTED:
             now = self._seen(now)
-            if ticket.mark == self._mark():
+            # Tokens granted later were granted after this ticket's: refunding it then would let
+            # a window starting at that later grant hold more than `burst + rate * width`.
+            if ticket.mark == self._mark() and self._granted_at <= ticket.ready_at:
                 slack = self._tat - self._queued * self._inv_rate - (now - self._burst_time)
                 refund = ticket.n * self._inv_rate
                 refund = min(refund, slack)
@@ -307,10 +337,7 @@ class TokenBucket:
                 self.waiting -= 1
                 self.rejected += 1
                 evicted.append(ticket)
-        tat = self._tat
-        floor = now - self._burst_time
-        if tat < floor:  # noqa: PLR1730 - max() costs a call on the hot path
-            tat = floor
+        tat = self._empty_at(now)
         level = min((now - tat) * self._rate, float(burst))  # negative: the queue's debt
         self._rate = float(rate)
         self._burst = burst
