@@ -6,13 +6,14 @@ six readings of the same loop clock (the manager's start and end, the breaker's 
 limiter's, the timeout's). :class:`_LaneStack` runs a call's *first attempt* in :meth:`run`'s own
 frame instead, when every admission can be had at once:
 
-- it first checks, without changing anything, that the bulkhead has a free permit, that the breaker
-  admits on its CLOSED path and that the attempt timeout's deadline is still ahead, then takes the
-  limiter's token if one is there (``TokenBucket.take``); if any of these fails the call takes the
-  compiled chain (:meth:`_Stack.run <dwcp_resilience._stack._Stack.run>`) from the start, which
-  waits, rejects or raises exactly as before. Nothing was taken, so nothing is given back;
+- it first checks, without changing anything, that the breaker admits on its CLOSED path and that
+  the attempt timeout's deadline is still ahead, then takes the bulkhead's permit (its admission's
+  ``enter``) and the limiter's token (``TokenBucket.take``) if they are there at once; if any of
+  these fails the call takes the compiled chain
+  (:meth:`_Stack.run <dwcp_resilience._stack._Stack.run>`) from the start, which waits, rejects or
+  raises exactly as before, after giving back a permit it took;
 - it then enters the operation's deadline scope (the call's deadline, or the registered total one
-  if earlier, as :meth:`_Stack.run` does), takes the permit, admits in the breaker,
+  if earlier, as :meth:`_Stack.run` does), admits in the breaker,
   opens the attempt timeout, and awaits ``op`` with one clock reading shared by all of them; on
   return one more reading serves the breaker's latency histogram and both budgets;
 - when the first attempt raises, every policy records the exception as its own ``call`` would
@@ -38,7 +39,7 @@ from heapq import heappop, heappush
 from typing import Any, TypeVar
 
 from ._stack import _Components, _Counts, _Stack
-from .core._fused import fuse
+from .core._fused import WAIT, admission_of, fuse
 from .core._runtime import current_task, running
 from .core.clock import Clock, loop_time
 from .core.context import OperationContext, _current, _deadline
@@ -120,12 +121,20 @@ def lane_for(
 class _LaneStack(_Stack):
     """A compiled stack whose first attempt runs in one frame (see the module docstring)."""
 
-    __slots__ = ("_attempt", "_breaker_mode", "_inner")
+    __slots__ = ("_attempt", "_breaker_mode", "_inner", "_permit", "_take_token")
 
     def __init__(self, operation: str, components: _Components, counts: _Counts, clock: Clock):
         super().__init__(operation, components, counts, clock)
         c = components
         self._breaker_mode = 0 if c.breaker is None else _breaker_mode(c.breaker)
+        # The bulkhead's permit, taken and given back through its admission (core/_fused.py).
+        self._permit: tuple[Callable[[], object], Callable[[object, Any, Any], None]] | None = None
+        permits = None if c.bulkhead is None else admission_of(c.bulkhead)
+        if permits is not None and permits.exit is not None:
+            self._permit = (permits.enter, permits.exit)
+        # The limiter's token, taken at the lane's own clock reading (TokenBucket.take).
+        tokens = None if c.limiter is None else admission_of(c.limiter)
+        self._take_token = None if tokens is None else tokens.take_at
         inner = [p for p in (c.breaker, c.limiter, c.timeout) if p is not None]
         calls = [policy.call for policy in fuse(inner)]
         # The later attempts' callee for Retry._retry_loop: the inner chain, as Retry.call sees it.
@@ -155,9 +164,6 @@ class _LaneStack(_Stack):
             scoped = bound < _deadline_get()
         c = self.components
         # -- check every admission without taking anything --------------------------------------
-        bulkhead = c.bulkhead
-        if bulkhead is not None and not bulkhead._free:
-            return await _Stack.run(self, call, op)
         breaker = c.breaker
         mode = self._breaker_mode
         if breaker is not None:
@@ -173,9 +179,15 @@ class _LaneStack(_Stack):
                 deadline = outer
             if deadline <= now:
                 return await _Stack.run(self, call, op)
-        # The limiter's check is its take (the last check: when it fails, nothing was taken).
-        limiter = c.limiter
-        if limiter is not None and not limiter.take(1, now):
+        # The permit and the token: each check is its take. A permit taken before a missing
+        # token is given back at once (nobody waits for it: it was free).
+        permit = self._permit
+        if permit is not None and permit[0]() is WAIT:
+            return await _Stack.run(self, call, op)
+        take_token = self._take_token
+        if take_token is not None and not take_token(now):
+            if permit is not None:
+                permit[1](None, None, None)
             return await _Stack.run(self, call, op)
         # -- take the rest -------------------------------------------------------------------------
         counts = self._counts
@@ -191,9 +203,6 @@ class _LaneStack(_Stack):
                     _deadline_reset(scope_token)
                     raise
             try:
-                if bulkhead is not None:
-                    bulkhead._free -= 1
-                    bulkhead.admitted_at_once += 1
                 ticket = 0
                 if breaker is not None:
                     ticket = core.epoch
@@ -300,11 +309,8 @@ class _LaneStack(_Stack):
                         failure = None
                         end = None
                 finally:
-                    if bulkhead is not None:
-                        if bulkhead._queued:
-                            bulkhead._release()
-                        else:
-                            bulkhead._free += 1
+                    if permit is not None:
+                        permit[1](None, None, None)
             except BaseException as exc:
                 if scope is not None:
                     expired = self._deadline_timeout._close(scope, exc)

@@ -146,7 +146,7 @@ class _Stack:
             try:
                 head = self._head
                 if head is not None:
-                    enter, wait, head_exit, _, _ = head
+                    enter, wait, head_exit = head.enter, head.wait, head.exit
                     ticket = enter()
                     if ticket is WAIT:
                         ticket = await wait()

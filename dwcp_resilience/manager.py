@@ -25,6 +25,10 @@ then records the outcome to the operation's error budget and its latency to its 
 
 Registration is safe while operations run: each registration builds a new immutable stack for its
 operation and swaps it in; a call in flight keeps the stack it started with.
+
+This module is over 450 lines because it is mostly one class, :class:`ResilienceManager`, whose
+registration and execution methods share its per-operation state; the dataclasses above it are its
+results.
 """
 
 from __future__ import annotations

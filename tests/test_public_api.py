@@ -49,6 +49,7 @@ def test_root_exports_every_public_name_of_public_modules() -> None:
             "ratelimit_core",
             "bulkhead_core",
             "breaker_core",
+            "breaker_windows",
             "retry_core",
         }:
             continue  # internal helper modules

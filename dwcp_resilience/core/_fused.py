@@ -63,6 +63,10 @@ class Admission(NamedTuple):
     #: the policy has none for it), called as ``run(fn, *args, **kwargs)`` with the semantics of
     #: ``policy.call(inner_policy.call, fn, *args, **kwargs)``.
     pair: Callable[[Admission], Callable[..., Awaitable[Any]] | None] | None = None
+    #: ``take_at(now)``: admit at once at the caller's reading ``now`` of the policy's own clock
+    #: (True), or change nothing (False); for a composer that reads the clock once for several
+    #: policies (the manager's lane). ``None``: the policy has no such path.
+    take_at: Callable[[float], bool] | None = None
 
 
 def admission_of(policy: object) -> Admission | None:

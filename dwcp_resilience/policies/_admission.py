@@ -16,8 +16,6 @@ from ..core._fused import WAIT, Admission
 
 if TYPE_CHECKING:
     from .breaker import CircuitBreaker
-    from .bulkhead import Bulkhead
-    from .ratelimit import RateLimiter
 
 T = TypeVar("T")
 
@@ -108,46 +106,3 @@ def _breaker_limiter(
         return result
 
     return call
-
-
-def limiter_admission(limiter: RateLimiter) -> Admission:
-    """The limiter's admission: one token, taken at once or after the FIFO wait; nothing on exit.
-
-    ``enter`` takes the token only when ``RateLimiter.call`` would take it at once: the bucket's
-    ``tat`` counts every queued reservation, so tokens there at once mean no waiter is passed over.
-    """
-
-    take, now = limiter.take, limiter._now
-
-    def enter() -> object:
-        return None if take(1, now()) else WAIT
-
-    async def wait() -> object:
-        await limiter._wait(1, limiter._now(), None)
-        return None
-
-    return Admission(enter, wait, None, limiter)
-
-
-def bulkhead_admission(bulkhead: Bulkhead) -> Admission:
-    """The bulkhead's admission: a free permit at once, or the FIFO queue; the permit back on exit."""
-
-    def enter() -> object:
-        free = bulkhead._free
-        if free:
-            bulkhead._free = free - 1
-            bulkhead.admitted_at_once += 1
-            return None
-        return WAIT
-
-    async def wait() -> object:
-        await bulkhead._wait()
-        return None
-
-    def exit_(ticket: object, exc: BaseException | None, result: object) -> None:
-        if bulkhead._queued:
-            bulkhead._release()
-        else:
-            bulkhead._free += 1
-
-    return Admission(enter, wait, exit_, bulkhead)

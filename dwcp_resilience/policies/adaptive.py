@@ -163,13 +163,13 @@ class AdaptiveRateLimiter(RateLimiter):
         mean = self._sum / n
         target = self._target
         if p95 > 1.2 * target:
-            rate = self._rate * DECREASE
+            rate = self.rate * DECREASE
         elif p95 < 0.8 * target and mean < target:
-            rate = self._rate * INCREASE
+            rate = self.rate * INCREASE
         else:
             return
         rate = min(self._max_rate, max(self._min_rate, rate))
-        if rate != self._rate:
+        if rate != self.rate:
             self.set_rate(rate, _burst_for(rate))
             self.adjustments += 1
 
@@ -197,7 +197,7 @@ class AdaptiveRateLimiter(RateLimiter):
 
     def __repr__(self) -> str:
         return (
-            f"<AdaptiveRateLimiter {self._name!r} rate={self._rate:g}/s "
+            f"<AdaptiveRateLimiter {self._name!r} rate={self.rate:g}/s "
             f"[{self._min_rate:g}..{self._max_rate:g}] target={self._target:g}s "
             f"adjustments={self.adjustments}>"
         )

@@ -33,14 +33,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from ..core._fused import Admission
+from ..core._fused import WAIT, Admission
 from ..core.clock import Clock, loop_time
 from ..core.errors import BulkheadFull
 from ..core.policy import PolicyBase
 from ..core.validate import check_name, check_number
-from ._admission import bulkhead_admission
 from ._park import park, wake
-from .bulkhead_core import WAITING, BulkheadCore
+from .bulkhead_core import WAITING, BulkheadCore, Permit
 
 __all__ = ("Bulkhead", "BulkheadStatistics")
 
@@ -91,7 +90,7 @@ class BulkheadStatistics:
     wait_count: int
 
 
-class Bulkhead(BulkheadCore, PolicyBase):
+class Bulkhead(PolicyBase):
     """Limit how many calls run at once, with a bounded FIFO wait queue.
 
     Args:
@@ -108,7 +107,7 @@ class Bulkhead(BulkheadCore, PolicyBase):
         TypeError: if an argument has the wrong type (``True`` as a number included).
     """
 
-    __slots__ = ("_clock", "_max_wait", "_name", "_wait_counts", "_wait_sum")
+    __slots__ = ("_clock", "_core", "_max_wait", "_name", "_wait_counts", "_wait_sum")
 
     def __init__(
         self,
@@ -119,7 +118,9 @@ class Bulkhead(BulkheadCore, PolicyBase):
         max_wait: float | None = None,
         clock: Clock | None = None,
     ) -> None:
-        BulkheadCore.__init__(self, max_concurrent, max_queue)
+        # The permits and the queue: every take and return of a permit is decided there. The
+        # core is held, not inherited, so that its bookkeeping methods are not the bulkhead's API.
+        self._core = BulkheadCore(max_concurrent, max_queue)
         self._name = check_name(name)
         self._max_wait = (
             _INF
@@ -140,44 +141,75 @@ class Bulkhead(BulkheadCore, PolicyBase):
     def max_wait(self) -> float:
         return self._max_wait
 
+    @property
+    def max_concurrent(self) -> int:
+        return self._core.max_concurrent
+
+    @property
+    def max_queue(self) -> int:
+        return self._core.max_queue
+
+    @property
+    def available(self) -> int:
+        """Free permits now."""
+        return self._core.available
+
+    @property
+    def reserved(self) -> int:
+        """Permits handed to waiters that have not resumed yet."""
+        return self._core.reserved
+
+    @property
+    def running(self) -> int:
+        """Permits held by running calls."""
+        return self._core.running
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting now."""
+        return self._core.queued
+
     def __repr__(self) -> str:
-        busy = self._max_concurrent - self._free
+        core = self._core
+        busy = core.max_concurrent - core.available
         return (
-            f"<Bulkhead {self._name!r} {busy}/{self._max_concurrent} in use, "
-            f"{self._queued}/{self._max_queue} waiting>"
+            f"<Bulkhead {self._name!r} {busy}/{core.max_concurrent} in use, "
+            f"{core.queued}/{core.max_queue} waiting>"
         )
 
     def statistics(self) -> BulkheadStatistics:
         """A snapshot of the bulkhead's state, counters and wait histogram."""
-        at_once = self.admitted_at_once
+        core = self._core
+        at_once = core.admitted_at_once
         cumulative = at_once
         buckets: list[tuple[float, int]] = []
         for bound, count in zip((*DEFAULT_BUCKETS, _INF), self._wait_counts, strict=True):
             cumulative += count
             buckets.append((bound, cumulative))
-        admitted = at_once + self.admitted_after_wait
+        admitted = at_once + core.admitted_after_wait
         return BulkheadStatistics(
             name=self._name,
-            max_concurrent=self._max_concurrent,
-            max_queue=self._max_queue,
-            concurrent=self._max_concurrent - self._free,
-            available=self._free,
-            queued=self._queued,
+            max_concurrent=core.max_concurrent,
+            max_queue=core.max_queue,
+            concurrent=core.max_concurrent - core.available,
+            available=core.available,
+            queued=core.queued,
             admitted=admitted,
-            rejected=self.rejected + self.timed_out,
-            rejected_full=self.rejected,
-            timed_out=self.timed_out,
-            cancelled=self.cancelled,
+            rejected=core.rejected + core.timed_out,
+            rejected_full=core.rejected,
+            timed_out=core.timed_out,
+            cancelled=core.cancelled,
             wait_buckets=tuple(buckets),
             wait_sum=self._wait_sum,
             wait_count=admitted,
         )
 
-    # -- permits ---------------------------------------------------------------------------------
+    # -- permits: taken by the core's try_enter (at once) or _wait (queued), returned by _exit --
 
     async def _wait(self) -> None:
-        """Queue for a permit; return once this task holds one (then it must ``_release``)."""
-        permit = self.enqueue()
+        """Queue for a permit; return once this task holds one (then it must ``_exit``)."""
+        core = self._core
+        permit = core.enqueue()
         if permit is None:
             raise BulkheadFull(self._name, None, "full")
         clock = self._clock
@@ -188,17 +220,15 @@ class Bulkhead(BulkheadCore, PolicyBase):
             while permit.state == WAITING:
                 woken = await park(permit, deadline)
                 if permit.state == WAITING and (not woken or clock() >= deadline):
-                    self.abandon(permit, timed_out=True)
+                    core.abandon(permit, timed_out=True)
                     timed_out = True
                     break
         except BaseException:
-            handed_on = self.abandon(permit)
-            if handed_on is not None:
-                wake(handed_on)
+            _wake(core.abandon(permit))
             raise
         if timed_out:
             raise BulkheadFull(self._name, None, "timeout")
-        self.resume(permit)
+        core.resume(permit)
         waited = clock() - start
         if waited > 0.0:  # a clock that stepped back counts as no wait
             self._wait_sum += waited
@@ -206,20 +236,26 @@ class Bulkhead(BulkheadCore, PolicyBase):
             waited = 0.0
         self._wait_counts[bisect_left(DEFAULT_BUCKETS, waited)] += 1
 
-    def _release(self) -> None:
-        if self._queued:
-            handed = self.release()
-            if handed is not None:
-                wake(handed)
-        else:
-            self._free += 1
+    def _exit(
+        self, ticket: object = None, exc: BaseException | None = None, result: object = None
+    ) -> None:
+        """Give the permit of a call that ran back: to the oldest waiter, else to the pool.
+
+        (The arguments make it the admission's ``exit`` too; a permit needs none of them.)
+        """
+        _wake(self._core.release())
 
     def _admission(self) -> Admission | None:
         """This bulkhead's fusable admission (see :mod:`~dwcp_resilience.core._fused`), or
         ``None`` for a subclass with its own ``call``."""
         if type(self).call is not Bulkhead.call:
             return None
-        return bulkhead_admission(self)
+        try_enter = self._core.try_enter
+
+        def enter() -> object:
+            return None if try_enter() else WAIT
+
+        return Admission(enter, self._wait, self._exit, self)
 
     # -- the three idioms ------------------------------------------------------------------------
 
@@ -230,19 +266,12 @@ class Bulkhead(BulkheadCore, PolicyBase):
             BulkheadFull: ``reason="full"`` if no permit is free and the queue is full (or
                 ``max_queue`` is 0); ``reason="timeout"`` if ``max_wait`` ran out. ``fn`` is not run.
         """
-        free = self._free
-        if free:
-            self._free = free - 1
-            self.admitted_at_once += 1
-        else:
+        if not self._core.try_enter():
             await self._wait()
         try:
             return await fn(*args, **kwargs)
         finally:
-            if self._queued:
-                self._release()
-            else:
-                self._free += 1
+            self._exit()
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate an ``async def``: each call runs holding a permit (as :meth:`call`).
@@ -252,33 +281,21 @@ class Bulkhead(BulkheadCore, PolicyBase):
         """
         if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
             raise TypeError(f"@Bulkhead needs an async def, got {fn.__qualname__}")
-        bulkhead = self
+        try_enter, wait, exit_ = self._core.try_enter, self._wait, self._exit
 
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            # The body of `call`, inlined: one frame instead of two.
-            free = bulkhead._free
-            if free:
-                bulkhead._free = free - 1
-                bulkhead.admitted_at_once += 1
-            else:
-                await bulkhead._wait()
+            if not try_enter():
+                await wait()
             try:
                 return await fn(*args, **kwargs)
             finally:
-                if bulkhead._queued:
-                    bulkhead._release()
-                else:
-                    bulkhead._free += 1
+                exit_()
 
         return wrapper
 
     async def __aenter__(self) -> Bulkhead:
-        free = self._free
-        if free:
-            self._free = free - 1
-            self.admitted_at_once += 1
-        else:
+        if not self._core.try_enter():
             await self._wait()
         return self
 
@@ -288,7 +305,9 @@ class Bulkhead(BulkheadCore, PolicyBase):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._queued:
-            self._release()
-        else:
-            self._free += 1
+        self._exit()
+
+
+def _wake(permit: Permit | None) -> None:
+    if permit is not None:
+        wake(permit)

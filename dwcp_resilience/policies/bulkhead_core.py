@@ -141,6 +141,9 @@ class BulkheadCore:
 
     def release(self) -> Permit | None:
         """Give a permit back: hand it to the queue's head (returned, to be woken) or free it."""
+        if not self._queued:  # nobody waits (the queue may hold only abandoned entries)
+            self._free += 1
+            return None
         queue = self._queue
         while queue:
             permit = queue.popleft()

@@ -137,47 +137,48 @@ class KeyedRateLimiter:
     # -- the key map -----------------------------------------------------------------------------
 
     @staticmethod
-    def _idle(limiter: RateLimiter, now: float) -> bool:
-        return limiter.waiting == 0 and limiter.tokens(now) >= limiter.burst
+    def _idle(limiter: RateLimiter) -> bool:
+        stats = limiter.statistics()
+        return stats.waiting == 0 and stats.tokens >= stats.burst
 
     def _evict(self, key: Hashable, limiter: RateLimiter) -> None:
         del self._limiters[key]
+        stats = limiter.statistics()
         retired = self._retired
-        retired[0] += limiter.allowed + limiter.allowed_waited
-        retired[1] += limiter.rejected
-        retired[2] += limiter.cancelled
+        retired[0] += stats.allowed
+        retired[1] += stats.rejected
+        retired[2] += stats.cancelled
         self.evicted += 1
 
-    def _sweep(self, now: float, budget: int) -> None:
+    def _sweep(self, budget: int) -> None:
         limiters = self._limiters
         while budget > 0 and limiters:
             key, limiter = next(iter(limiters.items()))
-            if not self._idle(limiter, now):
+            if not self._idle(limiter):
                 return
             self._evict(key, limiter)
             budget -= 1
 
     def evict_idle(self) -> int:
         """Drop every key whose bucket is full and idle; return how many were dropped."""
-        now = self._clock()
-        idle = [(k, lim) for k, lim in self._limiters.items() if self._idle(lim, now)]
+        idle = [(k, lim) for k, lim in self._limiters.items() if self._idle(lim)]
         for key, limiter in idle:
             self._evict(key, limiter)
         return len(idle)
 
-    def _limiter(self, key: Hashable, now: float) -> RateLimiter:
+    def _limiter(self, key: Hashable) -> RateLimiter:
         limiters = self._limiters
         limiter = limiters.get(key)
         if limiter is not None:
             limiters.move_to_end(key)
             return limiter
-        self._sweep(now, _SWEEP_BUDGET)
+        self._sweep(_SWEEP_BUDGET)
         if len(limiters) >= self._max_keys:
             self.evict_idle()
             if len(limiters) >= self._max_keys:
                 self.rejected_keys += 1
-                oldest = next(iter(limiters.values()))
-                wait = oldest.full_at() - now
+                oldest = next(iter(limiters.values())).statistics()
+                wait = (oldest.burst - oldest.tokens) / oldest.rate  # when it will be full again
                 raise RateLimited(self._name, wait if wait > 0.0 else None)
         limiter = RateLimiter(
             self._name,
@@ -203,8 +204,7 @@ class KeyedRateLimiter:
             RateLimited: if ``key`` is new and the key map is full of busy keys.
             ValueError: if ``n`` < 1 or ``n`` > ``burst``.
         """
-        now = self._clock()
-        return TokenBucket.try_acquire(self._limiter(key, now), n, now)
+        return self._limiter(key).try_acquire(n)
 
     async def acquire(self, key: Hashable, n: int = 1, max_wait: float | None = None) -> None:
         """Take ``n`` tokens from ``key`` 's bucket, waiting (FIFO per key) up to ``max_wait``.
@@ -214,11 +214,7 @@ class KeyedRateLimiter:
                 full of busy keys.
             ValueError: if ``n`` < 1 or ``n`` > ``burst``.
         """
-        now = self._clock()
-        limiter = self._limiter(key, now)
-        limiter.check_n(n)
-        if not limiter.take(n, now):
-            await limiter._wait(n, now, max_wait)
+        await self._limiter(key).acquire(n, max_wait)
 
     async def call(
         self, key: Hashable, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
@@ -232,10 +228,11 @@ class KeyedRateLimiter:
         allowed, rejected, cancelled = self._retired
         waiting = 0
         for limiter in self._limiters.values():
-            allowed += limiter.allowed + limiter.allowed_waited
-            rejected += limiter.rejected
-            cancelled += limiter.cancelled
-            waiting += limiter.waiting
+            stats = limiter.statistics()
+            allowed += stats.allowed
+            rejected += stats.rejected
+            cancelled += stats.cancelled
+            waiting += stats.waiting
         return KeyedRateLimiterStatistics(
             name=self._name,
             rate=self._rate,

@@ -42,14 +42,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from ..core._fused import Admission
+from ..core._fused import WAIT, Admission
 from ..core._runtime import running
 from ..core.clock import Clock, loop_time
 from ..core.context import _deadline
 from ..core.errors import RateLimited
 from ..core.policy import PolicyBase
 from ..core.validate import check_name, check_number
-from ._admission import limiter_admission
 from ._park import park, wake
 from .ratelimit_core import DONE, QUEUED, REJECTED, Ticket, TokenBucket
 
@@ -93,7 +92,7 @@ def _check_clock(clock: object) -> Clock | None:
     return clock
 
 
-class RateLimiter(TokenBucket, PolicyBase):
+class RateLimiter(PolicyBase):
     """A token-bucket rate limiter: ``rate`` tokens per second, at most ``burst`` at once.
 
     Args:
@@ -111,7 +110,7 @@ class RateLimiter(TokenBucket, PolicyBase):
         TypeError: if an argument has the wrong type (``True`` as a number included).
     """
 
-    __slots__ = ("_clock", "_max_wait", "_name")
+    __slots__ = ("_bucket", "_clock", "_max_wait", "_name")
 
     def __init__(
         self,
@@ -122,7 +121,9 @@ class RateLimiter(TokenBucket, PolicyBase):
         max_wait: float | None = None,
         clock: Clock | None = None,
     ) -> None:
-        TokenBucket.__init__(self, rate, burst)
+        # The bucket decides every admission (TokenBucket.take) and keeps the FIFO queue; it is
+        # held, not inherited, so that its bookkeeping (reserve, grant_due, ...) is not public API.
+        self._bucket = TokenBucket(rate, burst)
         self._name = check_name(name)
         self._max_wait = _INF if max_wait is None else _check_wait(max_wait)
         # The running loop's own clock, however it is passed, is read through the one cache.
@@ -137,6 +138,21 @@ class RateLimiter(TokenBucket, PolicyBase):
         """The default wait bound (``inf``: as long as needed)."""
         return self._max_wait
 
+    @property
+    def rate(self) -> float:
+        """Tokens per second."""
+        return self._bucket.rate
+
+    @property
+    def burst(self) -> int:
+        """The bucket's capacity."""
+        return self._bucket.burst
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued (or granted and not yet resumed) now."""
+        return self._bucket.waiting
+
     def _now(self) -> float:
         """Read the clock: the injected one, else the running loop's (see ``core/_runtime.py``)."""
         clock = self._clock
@@ -146,22 +162,24 @@ class RateLimiter(TokenBucket, PolicyBase):
         return clock()
 
     def __repr__(self) -> str:
+        bucket = self._bucket
         return (
-            f"<RateLimiter {self._name!r} rate={self._rate:g}/s burst={self._burst} "
-            f"[tokens {self.tokens(self._now()):.3g}, waiting {self.waiting}]>"
+            f"<RateLimiter {self._name!r} rate={bucket.rate:g}/s burst={bucket.burst} "
+            f"[tokens {bucket.tokens(self._now()):.3g}, waiting {bucket.waiting}]>"
         )
 
     def statistics(self) -> RateLimiterStatistics:
         """A snapshot of the limiter's counters and state."""
+        bucket = self._bucket
         return RateLimiterStatistics(
             name=self._name,
-            rate=self._rate,
-            burst=self._burst,
-            tokens=self.tokens(self._now()),
-            allowed=self.allowed + self.allowed_waited,
-            rejected=self.rejected,
-            cancelled=self.cancelled,
-            waiting=self.waiting,
+            rate=bucket.rate,
+            burst=bucket.burst,
+            tokens=bucket.tokens(self._now()),
+            allowed=bucket.allowed + bucket.allowed_waited,
+            rejected=bucket.rejected,
+            cancelled=bucket.cancelled,
+            waiting=bucket.waiting,
         )
 
     def set_rate(self, rate: float, burst: int | None = None) -> None:
@@ -169,26 +187,28 @@ class RateLimiter(TokenBucket, PolicyBase):
 
         Queued requests larger than a smaller new burst fail with ``RateLimited``.
         """
-        evicted = self.reconfigure(rate, self._burst if burst is None else burst, self._now())
+        bucket = self._bucket
+        evicted = bucket.reconfigure(rate, bucket.burst if burst is None else burst, self._now())
         for ticket in evicted:
             wake(ticket)
-        head = self.head()
+        head = bucket.head()
         if head is not None:
             wake(head)  # its admission time moved: let it re-arm its timer
 
     # -- acquiring -------------------------------------------------------------------------------
 
-    def try_acquire(self, n: int = 1) -> bool:  # type: ignore[override]
+    def try_acquire(self, n: int = 1) -> bool:
         """Take ``n`` tokens now if they are there and nobody waits; never waits.
 
         Raises:
             ValueError: if ``n`` < 1 or ``n`` > ``burst``.
         """
+        bucket = self._bucket
         if n.__class__ is not int or n != 1:
-            self.check_n(n)
-        if self.take(n, self._now()):
+            bucket.check_n(n)
+        if bucket.take(n, self._now()):
             return True
-        self.rejected += 1
+        bucket.rejected += 1
         return False
 
     async def acquire(self, n: int = 1, max_wait: float | None = None) -> None:
@@ -204,25 +224,25 @@ class RateLimiter(TokenBucket, PolicyBase):
             ValueError: if ``n`` < 1 or ``n`` > ``burst`` (never queued), or ``max_wait`` < 0.
         """
         if n.__class__ is not int or n != 1:
-            self.check_n(n)
+            self._bucket.check_n(n)
         now = self._now()
-        if not self.take(n, now):
+        if not self._bucket.take(n, now):
             await self._wait(n, now, max_wait)
 
     async def _wait(self, n: int, now: float, max_wait: float | None) -> None:
+        """Queue (FIFO) for ``n`` tokens that were not there at ``now``, up to ``max_wait``."""
+        bucket = self._bucket
         limit = self._max_wait if max_wait is None else _check_wait(max_wait)
-        deadline = now + limit
-        outer = _deadline_get()
-        deadline = min(deadline, outer)
-        ticket = self.reserve(n, now, deadline)
+        deadline = min(now + limit, _deadline_get())
+        ticket = bucket.reserve(n, now, deadline)
         if ticket.state != QUEUED:
             if ticket.state == DONE:
                 return
             raise RateLimited(self._name, ticket.ready_at - now)
         try:
             while ticket.state == QUEUED:
-                if self.head() is ticket:
-                    ready = self.head_ready_at(now)
+                if bucket.head() is ticket:
+                    ready = bucket.head_ready_at(now)
                     if self._clock is None:
                         woken = await park(ticket, ready)
                         now = self._now()
@@ -240,18 +260,19 @@ class RateLimiter(TokenBucket, PolicyBase):
                     now = self._now()
         except BaseException:
             now = self._now()
-            if self.abandon(ticket, now):
+            if bucket.abandon(ticket, now):
                 self._dispatch(now, ticket)
             raise
         if ticket.state == REJECTED:  # the burst shrank below n while it waited (set_rate)
             raise RateLimited(self._name, None)
-        self.finish(ticket)
+        bucket.finish(ticket)
 
     def _dispatch(self, now: float, current: Ticket) -> None:
-        for ticket in self.grant_due(now):
+        bucket = self._bucket
+        for ticket in bucket.grant_due(now):
             if ticket is not current:
                 wake(ticket)
-        head = self.head()
+        head = bucket.head()
         if head is not None and head is not current:
             wake(head)  # the (new) head takes the timer over
 
@@ -260,7 +281,16 @@ class RateLimiter(TokenBucket, PolicyBase):
         ``None`` for a subclass with its own ``call``."""
         if type(self).call is not RateLimiter.call:
             return None
-        return limiter_admission(self)
+        take, read, wait = self._bucket.take, self._now, self._wait
+
+        def enter() -> object:
+            return None if take(1, read()) else WAIT
+
+        async def wait_() -> object:
+            await wait(1, read(), None)
+            return None
+
+        return Admission(enter, wait_, None, self, take_at=functools.partial(take, 1))
 
     # -- the three idioms ------------------------------------------------------------------------
 
@@ -278,7 +308,7 @@ class RateLimiter(TokenBucket, PolicyBase):
             RateLimited: (when awaited) if no token can be had in time; ``fn`` is not run.
         """
         now = self._now()
-        if self.take(1, now):
+        if self._bucket.take(1, now):
             return fn(*args, **kwargs)  # type: ignore[return-value]
         return self._call_waiting(now, fn, args, kwargs)
 
@@ -300,20 +330,20 @@ class RateLimiter(TokenBucket, PolicyBase):
         """
         if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
             raise TypeError(f"@RateLimiter needs an async def, got {fn.__qualname__}")
-        limiter = self
+        read, take, wait = self._now, self._bucket.take, self._wait
 
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            now = limiter._now()
-            if not limiter.take(1, now):
-                await limiter._wait(1, now, None)
+            now = read()
+            if not take(1, now):
+                await wait(1, now, None)
             return await fn(*args, **kwargs)
 
         return wrapper
 
     async def __aenter__(self) -> RateLimiter:
         now = self._now()
-        if not self.take(1, now):
+        if not self._bucket.take(1, now):
             await self._wait(1, now, None)
         return self
 
