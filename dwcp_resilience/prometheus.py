@@ -26,10 +26,11 @@ Notes:
 - Tracking holds a strong reference: :meth:`ResilienceCollector.untrack` what you drop.
 - The alert rules and the dashboard for these metrics are in :mod:`dwcp_resilience.ops`.
 
-The core never imports this module.
+This is the public module for metrics: import from here. The implementation lives in the private
+package ``dwcp_resilience._metrics``, whose layout may change. The core never imports this module.
 """
 
-from .metrics import (
+from ._metrics import (
     BACKOFF_BUCKETS,
     DEF_BUCKETS,
     FAMILIES,

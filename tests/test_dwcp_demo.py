@@ -11,15 +11,13 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import real_time_backends
 
 from dwcp_resilience.dwcp.demo import run_demo
 
 pytestmark = pytest.mark.anyio
 
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, Any]]:
-    return ("asyncio", {})
+anyio_backend = real_time_backends("asyncio")
 
 
 async def test_demo_delivers_everything_once_and_draws_the_timeline(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from helpers import real_time_backends
 
 from dwcp_resilience.dwcp import (
     ChaosProxy,
@@ -48,12 +49,7 @@ ALLOWED_CALLER_ERRORS = {
 }
 
 
-@pytest.fixture(
-    params=[pytest.param(("asyncio", {}), id="asyncio"), pytest.param(("trio", {}), id="trio")]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    backend: tuple[str, dict[str, Any]] = request.param
-    return backend
+anyio_backend = real_time_backends("asyncio", "trio")
 
 
 async def test_2000_messages_exactly_once_through_faults() -> None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import anyio.abc
 import pytest
+from helpers import ID, header, wait_until
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -24,7 +25,6 @@ from dwcp_resilience.dwcp.mailbox import Mailboxes, StoreResult
 from dwcp_resilience.dwcp.peer import DWCPPeer
 from dwcp_resilience.dwcp.protocol import (
     HEADER_SIZE,
-    MAGIC,
     Frame,
     FrameDecoder,
     MessageType,
@@ -38,12 +38,7 @@ from dwcp_resilience.dwcp.transport import DWCPConnection
 
 pytestmark = [pytest.mark.anyio, pytest.mark.real_time, pytest.mark.timeout(30)]
 
-ID = bytes(range(16))
 NO_ID = bytes(16)
-
-
-def header(type_: int, length: int, *, version: int = 1) -> bytes:
-    return struct.pack(">4sBBH16sQ", MAGIC, version, type_, 0, ID, length)
 
 
 async def connect(peer: DWCPPeer) -> DWCPConnection:
@@ -59,13 +54,6 @@ async def read_to_eof(stream: anyio.abc.SocketStream) -> bytes:
                 out += await stream.receive()
             except (anyio.EndOfStream, anyio.BrokenResourceError):
                 return bytes(out)
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Poll a statistic until it holds (at most 2 s)."""
-    with anyio.fail_after(2):
-        while not predicate():  # noqa: ASYNC110 - polling counters, there is no event to wait on
-            await anyio.sleep(0.005)
 
 
 @asynccontextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+from helpers import ID, header
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -57,13 +58,6 @@ from dwcp_resilience.dwcp.protocol import (
     encode_send,
     new_message_id,
 )
-
-ID = bytes(range(16))
-
-
-def header(type_: int, length: int, *, magic: bytes = MAGIC, version: int = 1) -> bytes:
-    return struct.pack(">4sBBH16sQ", magic, version, type_, 0, ID, length)
-
 
 frames_st = st.builds(
     Frame,

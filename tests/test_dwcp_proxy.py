@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
+from helpers import wait_until
 
 from dwcp_resilience.dwcp.errors import (
     ConnectionClosed,
@@ -42,13 +43,6 @@ async def through_proxy(
 
 async def connect(proxy: ChaosProxy) -> DWCPConnection:
     return await DWCPConnection.connect("127.0.0.1", proxy.port, connect_timeout=2)
-
-
-async def wait_until(predicate: Any) -> None:
-    """Poll a statistic until it holds (at most 2 s)."""
-    with anyio.fail_after(2):
-        while not predicate():  # noqa: ASYNC110 - polling counters, there is no event to wait on
-            await anyio.sleep(0.005)
 
 
 async def test_passthrough_without_faults() -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from dwcp_resilience.metrics._families import FAMILIES
 from dwcp_resilience.ops import (
     FILES,
     alert_tests,
@@ -27,6 +26,7 @@ from dwcp_resilience.ops import (
     write_ops,
 )
 from dwcp_resilience.ops._dashboard import render_dashboard
+from dwcp_resilience.prometheus import FAMILIES
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -17,14 +17,12 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
-import uvloop
+from helpers import Samples, names, parse, value
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
+from dwcp_resilience._metrics._readers import Sink, duration_label  # white-box tests below
 from dwcp_resilience.core.errors import BulkheadFull, CircuitOpen
 from dwcp_resilience.manager import ResilienceManager
-from dwcp_resilience.metrics._families import FAMILIES, GO_FAMILIES, Family
-from dwcp_resilience.metrics._readers import Sink, duration_label
 from dwcp_resilience.policies.backoff import ExponentialBackoff
 from dwcp_resilience.policies.breaker import CircuitBreaker
 from dwcp_resilience.policies.bulkhead import Bulkhead
@@ -33,43 +31,25 @@ from dwcp_resilience.policies.keyed import KeyedRateLimiter
 from dwcp_resilience.policies.ratelimit import RateLimiter
 from dwcp_resilience.policies.retry import Retry
 from dwcp_resilience.policies.retry_budget import RetryBudget
-from dwcp_resilience.prometheus import OTHER, MetricsServer, ResilienceCollector, serve_metrics
+from dwcp_resilience.prometheus import (
+    FAMILIES,
+    GO_FAMILIES,
+    OTHER,
+    Family,
+    MetricsServer,
+    ResilienceCollector,
+    serve_metrics,
+)
 from dwcp_resilience.slo.checks import PingCheck
 from dwcp_resilience.slo.degradation import DegradationManager
 from dwcp_resilience.slo.error_budget import ErrorBudget
 from dwcp_resilience.slo.health import HealthMonitor
 from dwcp_resilience.slo.latency_budget import LatencyBudget
 
-pytestmark = pytest.mark.anyio
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+# Real time on every backend: the scrape crosses a real socket and a real thread.
+pytestmark = [pytest.mark.anyio, pytest.mark.real_time]
 
 GO_NAMES = [f"dwcp_{family.key}" for family in GO_FAMILIES]
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"loop_factory": asyncio.new_event_loop}), id="asyncio"),
-        pytest.param(("trio", {}), id="trio"),
-        pytest.param(("asyncio", {"loop_factory": uvloop.new_event_loop}), id="uvloop"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    """Real-time backends only: the scrape crosses a real socket and a real thread."""
-    name, options = request.param
-    return name, dict(options)
-
-
-def parse(text: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
-
-
-def value(samples: Samples, metric: str, /, **labels: str) -> float:
-    return samples[(metric, frozenset(labels.items()))]
 
 
 def total(samples: Samples, metric: str, /, **match: str) -> float:
@@ -77,10 +57,6 @@ def total(samples: Samples, metric: str, /, **match: str) -> float:
     return sum(
         v for (n, labels), v in samples.items() if n == metric and set(match.items()) <= labels
     )
-
-
-def names(samples: Samples) -> set[str]:
-    return {name for name, _ in samples}
 
 
 def family_view(samples: Samples, family: str) -> Samples:

@@ -16,38 +16,19 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import Samples, names, parse, value
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from dwcp_resilience import CircuitBreaker
-from dwcp_resilience.metrics._families import FAMILIES
-from dwcp_resilience.prometheus import OTHER, ResilienceCollector
+from dwcp_resilience.prometheus import FAMILIES, OTHER, ResilienceCollector
 from dwcp_resilience.redis import FleetBreaker, FleetErrorBudget, RedisBackend, RedisRateLimiter
 from dwcp_resilience.redis.server import RedisServer
 from dwcp_resilience.testing import FakeClock
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
 FLEET_KEYS = [family.key for family in FAMILIES if family.key.startswith("fleet_")]
 UNUSED_URL = "redis://127.0.0.1:1/0"  # a backend never called: a scrape does not talk to Redis
-
-
-def parse(text: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
-
-
-def value(samples: Samples, metric: str, /, **labels: str) -> float:
-    return samples[(metric, frozenset(labels.items()))]
-
-
-def names(samples: Samples) -> set[str]:
-    return {name for name, _ in samples}
 
 
 @contextmanager

@@ -9,7 +9,6 @@ Without the binary the test skips locally and fails in CI (``CI`` set).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
@@ -27,6 +26,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 import pytest
+from helpers import real_time_backends
 from prometheus_client import CollectorRegistry
 
 from dwcp_resilience.core.errors import BulkheadFull, CircuitOpen
@@ -54,10 +54,8 @@ PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 RATE_WINDOW = "30s"  # stands for Grafana's $__rate_interval: 1 s scrapes give ~30 samples
 
 
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, Any]]:
-    """Real time on asyncio: the app must make traffic while a real server scrapes it."""
-    return "asyncio", {"loop_factory": asyncio.new_event_loop}
+# Real time on asyncio: the app must make traffic while a real server scrapes it.
+anyio_backend = real_time_backends("asyncio")
 
 
 @pytest.fixture

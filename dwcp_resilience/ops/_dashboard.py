@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..metrics._families import FAMILIES, Family
+from .._metrics import FAMILIES, Family
 
 __all__ = ("build_dashboard", "render_dashboard")
 

@@ -1,0 +1,124 @@
+"""Helpers shared by the test modules (import them as ``from helpers import ...``).
+
+``tests/`` is not a package: pytest puts it on ``sys.path`` (the rootdir of ``conftest.py``, the
+default ``prepend`` import mode), as for ``from conftest import LaneFallbacks``.
+
+- Prometheus exposition text: :data:`Samples`, :func:`parse`, :func:`value`, :func:`names`.
+- DWCP frames: :data:`ID` and :func:`header` (a raw frame header, for malformed input).
+- :func:`wait_until`: poll a predicate on the running backend (at most 2 s).
+- :func:`real_time_backends`: an ``anyio_backend`` fixture for a module that runs in real time on
+  some backends only (the main fixture in ``conftest.py`` runs every backend; its ``real_time``
+  marker puts all three in real time).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+import uvloop
+from prometheus_client.parser import text_string_to_metric_families
+
+from dwcp_resilience.dwcp.protocol import MAGIC
+
+__all__ = (
+    "ID",
+    "REAL_TIME_BACKENDS",
+    "Samples",
+    "header",
+    "names",
+    "parse",
+    "real_time_backends",
+    "value",
+    "wait_until",
+)
+
+# -- Prometheus exposition text --------------------------------------------------------------------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample of an exposition, by name and label set."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Samples, metric: str, /, **labels: str) -> float:
+    """The sample of ``metric`` with exactly ``labels`` (a ``KeyError`` when there is none)."""
+    return samples[(metric, frozenset(labels.items()))]
+
+
+def names(samples: Samples) -> set[str]:
+    """The sample names present."""
+    return {name for name, _ in samples}
+
+
+# -- DWCP frames -----------------------------------------------------------------------------------
+
+ID = bytes(range(16))
+
+
+def header(type_: int, length: int, *, magic: bytes = MAGIC, version: int = 1) -> bytes:
+    """A raw 32-byte frame header with message id :data:`ID`: any type, length, magic or version."""
+    return struct.pack(">4sBBH16sQ", magic, version, type_, 0, ID, length)
+
+
+# -- waiting ---------------------------------------------------------------------------------------
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    """Poll a statistic until it holds (at most 2 s)."""
+    with anyio.fail_after(2):
+        while not predicate():  # noqa: ASYNC110 - polling counters, there is no event to wait on
+            await anyio.sleep(0.005)
+
+
+# -- anyio backends --------------------------------------------------------------------------------
+
+REAL_TIME_BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "asyncio": ("asyncio", {}),
+    "trio": ("trio", {}),
+    "uvloop": ("asyncio", {"loop_factory": uvloop.new_event_loop}),
+}
+"""The ``anyio_backend`` value of each backend in real time (no looptime loop, no MockClock)."""
+
+
+def real_time_backends(*backends: str) -> Callable[..., tuple[str, dict[str, Any]]]:
+    """An ``anyio_backend`` fixture: real time on ``backends`` only (names of
+    :data:`REAL_TIME_BACKENDS`). Assign it in a module::
+
+        anyio_backend = real_time_backends("asyncio", "trio")
+
+    Several backends parametrise the module's tests (ids ``[asyncio]``, ``[trio]``, ...); one gives
+    an unparametrised fixture, so test ids carry no backend. For every backend in real time, mark
+    the module ``real_time`` instead (``conftest.py``).
+    """
+    unknown = [name for name in backends if name not in REAL_TIME_BACKENDS]
+    if not backends or unknown:
+        raise ValueError(f"backends must be some of {sorted(REAL_TIME_BACKENDS)}, got {backends}")
+    if len(backends) == 1:
+        only = REAL_TIME_BACKENDS[backends[0]]
+
+        @pytest.fixture(name="anyio_backend")
+        def one_backend() -> tuple[str, dict[str, Any]]:
+            name, options = only
+            return name, dict(options)
+
+        return one_backend
+
+    @pytest.fixture(
+        name="anyio_backend",
+        params=[pytest.param(REAL_TIME_BACKENDS[name], id=name) for name in backends],
+    )
+    def each_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+        name, options = request.param
+        return name, dict(options)
+
+    return each_backend
