@@ -1,29 +1,31 @@
-"""The manager's fast lane: the usual stack run in one frame, with two clock reads per call.
+"""The manager's fast lane: the usual stack run in one frame, deciding nothing itself.
 
 ``bulkhead -> retry -> circuit breaker -> rate limiter -> attempt timeout -> op`` is what the DWCP
-client runs on every message. Run as a chain, that is five frames between the task and ``op`` and
-six readings of the same loop clock (the manager's start and end, the breaker's start and end, the
-limiter's, the timeout's). :class:`_LaneStack` runs a call's *first attempt* in :meth:`run`'s own
-frame instead, when every admission can be had at once:
+client runs on every message. Run as a chain, that is five frames between the task and ``op``, and
+each frame is resumed on every suspension of ``op``. :class:`_LaneStack` runs a call's *first
+attempt* in :meth:`run`'s own frame instead, when every admission can be had at once. It reaches
+each policy only through the policy's declared internal interface, so every decision keeps its one
+home: the admissions of :mod:`~dwcp_resilience.core._fused` (the bulkhead's ``enter``/``exit``,
+the breaker's ``ready``/``enter``/``exit``, the limiter's ``take_at``, i.e. ``TokenBucket.take``)
+and the timeout's :class:`~dwcp_resilience.policies.timeout.Sweeper` (``open``/``exit``):
 
-- it first checks, without changing anything, that the breaker admits on its CLOSED path and that
-  the attempt timeout's deadline is still ahead, then takes the bulkhead's permit (its admission's
-  ``enter``) and the limiter's token (``TokenBucket.take``) if they are there at once; if any of
+- it first checks, without changing anything, that the breaker would admit at once
+  (``ready``) and that the attempt timeout's deadline is still ahead, then takes the bulkhead's
+  permit and the limiter's token, at one clock reading, if they are there at once; if any of
   these fails the call takes the compiled chain
-  (:meth:`_Stack.run <dwcp_resilience._stack._Stack.run>`) from the start, which waits, rejects or
+  (:meth:`Stack.run <dwcp_resilience._stack._Stack.run>`) from the start, which waits, rejects or
   raises exactly as before, after giving back a permit it took;
 - it then enters the operation's deadline scope (the call's deadline, or the registered total one
-  if earlier, as :meth:`_Stack.run` does), admits in the breaker,
-  opens the attempt timeout, and awaits ``op`` with one clock reading shared by all of them; on
-  return one more reading serves the breaker's latency histogram and both budgets;
+  if earlier, as :meth:`Stack.run` does), admits in the breaker, opens the attempt timeout, and
+  awaits ``op``; on return one more clock reading serves both budgets;
 - when the first attempt raises, every policy records the exception as its own ``call`` would
   (the timeout turns its own expiry into ``DeadlineExceeded``, the breaker classifies), and the
   retry goes on through :meth:`Retry._retry_loop` around the compiled chain of the inner
   policies, as ``Retry.call`` does after a failed first attempt.
 
-It runs on asyncio and uvloop (trio takes the chain), and only when every clock is the loop's (no
-injected clock), the policies are the library's own classes (no subclass overriding ``call``) and
-there is no chaos, adaptive limiter, per-breaker timeout, result predicate, retry budget or retry
+It runs on asyncio and uvloop (trio takes the chain), and only when the manager and the limiter
+read the loop's clock, every policy is fusable (the library's own classes, no subclass overriding
+``call``, no per-breaker timeout) and there is no chaos, adaptive limiter, retry budget or retry
 ``total_timeout``; any other stack is the plain compiled chain. The Hypothesis equivalence test of
 the manager against hand-chained policies (``tests/test_fused.py``) covers both paths, deadlines
 included.
@@ -32,24 +34,18 @@ included.
 from __future__ import annotations
 
 from asyncio import CancelledError
-from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from heapq import heappop, heappush
 from typing import Any, TypeVar
 
-from ._stack import _Components, _Counts, _Stack
+from ._stack import Components, Counts, Stack
 from .core._fused import WAIT, admission_of, fuse
 from .core._runtime import current_task, running
 from .core.clock import Clock, loop_time
-from .core.context import OperationContext, _current, _deadline
-from .policies import timeout as _to
-from .policies.breaker import CircuitBreaker
-from .policies.breaker_core import CLOSED as _CLOSED
-from .policies.bulkhead import Bulkhead
-from .policies.ratelimit import RateLimiter
+from .core.context import OperationContext, context_var, deadline_var
+from .core.errors import DeadlineExceeded
 from .policies.retry import Retry
-from .policies.timeout import Timeout
+from .policies.timeout import Timeout, sweeper_of
 
 __all__ = ()
 
@@ -57,60 +53,30 @@ T = TypeVar("T")
 Operation = Callable[[OperationContext], Awaitable[T]]
 
 _INF = float("inf")
-_ctx_set = _current.set
-_ctx_reset = _current.reset
-_deadline_get = _deadline.get
-_deadline_set = _deadline.set
-_deadline_reset = _deadline.reset
-_LIVE, _FIRED, _HANDLED = _to._LIVE, _to._FIRED, _to._HANDLED
-_STATE, _CANCELLING = _to._STATE, _to._CANCELLING
-_seq = _to._seq
-_DONE = _to._DONE
-_COMPACT_MIN = _to._Sweeper.COMPACT_MIN
+_ctx_set = context_var.set
+_ctx_reset = context_var.reset
+_deadline_get = deadline_var.get
+_deadline_set = deadline_var.set
+_deadline_reset = deadline_var.reset
 
 
-_FAST, _TIMED, _GENERAL = 1, 2, 3
-
-
-def _breaker_mode(breaker: CircuitBreaker) -> int:
-    """How the lane runs ``breaker`` (0: it cannot).
-
-    - ``_FAST``: the core's CLOSED fast route (``route >= 0``), as ``CircuitBreaker.call``.
-    - ``_TIMED``: ``record_latency`` on a consecutive-count breaker (no window, no slow-call
-      threshold): the same fast bookkeeping while CLOSED, plus the histogram, which the lane fills
-      with its shared clock readings.
-    - ``_GENERAL``: admitted while CLOSED through the core's counters, outcomes through the shell.
-    """
-    if (
-        type(breaker).call is not CircuitBreaker.call
-        or breaker._timeout is not None
-        or breaker._result_check
-        or breaker._clock not in (None, loop_time)
-    ):
-        return 0
-    core = breaker._core
-    if core.fast:
-        return _FAST
-    return _TIMED if breaker._timed and core.cfg.fast else _GENERAL
-
-
-def lane_for(
-    operation: str, components: _Components, counts: _Counts, clock: Clock
-) -> _Stack | None:
+def lane_for(operation: str, components: Components, counts: Counts, clock: Clock) -> Stack | None:
     """A :class:`_LaneStack` for ``components`` if the lane can run them, else ``None``."""
     c = components
     if clock is not loop_time or c.chaos is not None:
         return None
-    if c.bulkhead is not None and type(c.bulkhead).call is not Bulkhead.call:
+    if c.bulkhead is not None and admission_of(c.bulkhead) is None:
         return None
     if c.retry is not None and (type(c.retry).call is not Retry.call or not c.retry._plain):
         return None
-    if c.breaker is not None and _breaker_mode(c.breaker) == 0:
-        return None
-    if c.limiter is not None and (
-        type(c.limiter) is not RateLimiter or c.limiter._clock not in (None, loop_time)
-    ):
-        return None
+    if c.breaker is not None:
+        admission = admission_of(c.breaker)
+        if admission is None or admission.ready is None:
+            return None
+    if c.limiter is not None:
+        admission = admission_of(c.limiter)
+        if admission is None or admission.take_at is None:  # take_at: on the loop's clock only
+            return None
     if c.timeout is not None and type(c.timeout).call is not Timeout.call:
         return None
     if (c.bulkhead, c.retry, c.breaker, c.limiter, c.timeout) == (None,) * 5:
@@ -118,21 +84,20 @@ def lane_for(
     return _LaneStack(operation, components, counts, clock)
 
 
-class _LaneStack(_Stack):
+class _LaneStack(Stack):
     """A compiled stack whose first attempt runs in one frame (see the module docstring)."""
 
-    __slots__ = ("_attempt", "_breaker_mode", "_inner", "_permit", "_take_token")
+    __slots__ = ("_attempt", "_breaker", "_inner", "_permit", "_take_token")
 
-    def __init__(self, operation: str, components: _Components, counts: _Counts, clock: Clock):
+    def __init__(self, operation: str, components: Components, counts: Counts, clock: Clock):
         super().__init__(operation, components, counts, clock)
         c = components
-        self._breaker_mode = 0 if c.breaker is None else _breaker_mode(c.breaker)
-        # The bulkhead's permit, taken and given back through its admission (core/_fused.py).
-        self._permit: tuple[Callable[[], object], Callable[[object, Any, Any], None]] | None = None
-        permits = None if c.bulkhead is None else admission_of(c.bulkhead)
-        if permits is not None and permits.exit is not None:
-            self._permit = (permits.enter, permits.exit)
-        # The limiter's token, taken at the lane's own clock reading (TokenBucket.take).
+        # Each policy through its admission (core/_fused.py): the lane decides nothing itself.
+        self._permit = _enter_exit(c.bulkhead)
+        breaker = None if c.breaker is None else admission_of(c.breaker)
+        self._breaker: tuple[Callable[[], bool], Callable[[], object], _Exit] | None = None
+        if breaker is not None and breaker.ready is not None and breaker.exit is not None:
+            self._breaker = (breaker.ready, breaker.enter, breaker.exit)
         tokens = None if c.limiter is None else admission_of(c.limiter)
         self._take_token = None if tokens is None else tokens.take_at
         inner = [p for p in (c.breaker, c.limiter, c.timeout) if p is not None]
@@ -145,8 +110,8 @@ class _LaneStack(_Stack):
         # -- the gate: asyncio or uvloop (the loop's sweeper and clock) ---------------------------
         state = running()
         if state is None:  # trio
-            return await _Stack.run(self, ctx, op)
-        sweeper = state.deadlines or _to._sweeper_of(state)
+            return await Stack.run(self, ctx, op)
+        sweeper = state.deadlines or sweeper_of(state)
         clock = sweeper.time
         now = clock()
         # -- the operation's deadline: the call's, or the registered one if earlier --------------
@@ -163,39 +128,36 @@ class _LaneStack(_Stack):
             bound = limit
             scoped = bound < _deadline_get()
         c = self.components
-        # -- check every admission without taking anything --------------------------------------
-        breaker = c.breaker
-        mode = self._breaker_mode
-        if breaker is not None:
-            core = breaker._core
-            if (core.route < 0) if mode == _FAST else (core.state is not _CLOSED):
-                return await _Stack.run(self, call, op)
+        # -- can every admission be had at once? The checks first, then the takes ---------------
+        breaker = self._breaker
+        if breaker is not None and not breaker[0]():
+            return await Stack.run(self, call, op)
         timeout = c.timeout
         deadline = _INF
         if timeout is not None:
-            deadline = now + timeout._seconds
+            deadline = now + timeout.seconds
             outer = bound if scoped else _deadline_get()
             if outer < deadline:  # noqa: PLR1730 - min() costs a call on the hot path
                 deadline = outer
             if deadline <= now:
-                return await _Stack.run(self, call, op)
+                return await Stack.run(self, call, op)
         # The permit and the token: each check is its take. A permit taken before a missing
         # token is given back at once (nobody waits for it: it was free).
         permit = self._permit
         if permit is not None and permit[0]() is WAIT:
-            return await _Stack.run(self, call, op)
+            return await Stack.run(self, call, op)
         take_token = self._take_token
         if take_token is not None and not take_token(now):
             if permit is not None:
                 permit[1](None, None, None)
-            return await _Stack.run(self, call, op)
-        # -- take the rest -------------------------------------------------------------------------
+            return await Stack.run(self, call, op)
+        # -- run ----------------------------------------------------------------------------------
         counts = self._counts
         counts.calls += 1
         token = _ctx_set(ctx)
         try:
             scope = None
-            if scoped:  # as _Stack.run: the operation's deadline encloses the whole run
+            if scoped:  # as Stack.run: the operation's deadline encloses the whole run
                 scope_token = _deadline_set(bound)
                 try:
                     scope = self._deadline_timeout._open()
@@ -203,11 +165,7 @@ class _LaneStack(_Stack):
                     _deadline_reset(scope_token)
                     raise
             try:
-                ticket = 0
-                if breaker is not None:
-                    ticket = core.epoch
-                    if mode == _GENERAL:
-                        core.admitted += 1
+                ticket = None if breaker is None else breaker[1]()  # ready(): admits, never raises
                 retry = c.retry
                 try:
                     # -- the first attempt -----------------------------------------------------
@@ -215,56 +173,23 @@ class _LaneStack(_Stack):
                         if deadline == _INF:
                             result = await op(ctx)
                         else:
-                            # _Sweeper.open and .close, inlined (see policies/timeout.py)
                             # never None: a coroutine runs in a task
                             task: Any = current_task(sweeper.loop)
-                            entry: list[Any] = [
-                                deadline,
-                                next(_seq),
-                                task,
-                                task.cancelling(),
-                                _LIVE,
-                            ]
-                            heap = sweeper.heap
-                            heappush(heap, entry)
-                            sweeper.live += 1
-                            if deadline < sweeper.armed_at:
-                                sweeper.arm(deadline)
-                            elif len(heap) > _COMPACT_MIN and len(heap) > 4 * sweeper.live:
-                                sweeper.compact()
+                            entry = sweeper.open(task, deadline)
                             deadline_token = _deadline_set(deadline)
                             try:
                                 result = await op(ctx)
-                            except CancelledError as exc:
-                                if entry[_STATE] == _FIRED:
-                                    entry[_STATE] = _HANDLED
-                                    if task.uncancel() <= entry[_CANCELLING]:
-                                        expired = timeout._expired()  # type: ignore[union-attr]
-                                        raise expired from exc
-                                raise
-                            finally:
+                            except BaseException as exc:
                                 _deadline_reset(deadline_token)
-                                if entry[_STATE] == _LIVE:
-                                    entry[_STATE] = _DONE
-                                    sweeper.live -= 1
-                                    heap = sweeper.heap  # compact() may have replaced it
-                                    if heap[0] is entry:
-                                        heappop(heap)
-                                        while heap and heap[0][_STATE] != _LIVE:
-                                            heappop(heap)
-                                else:
-                                    sweeper.close(entry)
+                                if sweeper.exit(entry, isinstance(exc, CancelledError)):
+                                    assert timeout is not None
+                                    raise DeadlineExceeded(timeout.name, timeout.seconds) from exc
+                                raise
+                            _deadline_reset(deadline_token)
+                            sweeper.exit(entry, False)
                     except BaseException as exc:
                         if breaker is not None:
-                            if mode == _FAST:
-                                breaker._fast_exception(ticket, exc)
-                            elif mode == _TIMED:
-                                core.admit_late()
-                                breaker._record_exception(ticket, exc, now)
-                            else:
-                                breaker._record_exception(
-                                    ticket, exc, now if breaker._timed else None
-                                )
+                            breaker[2](ticket, exc, None)
                         if retry is None or not isinstance(exc, Exception):
                             if retry is not None:
                                 retry._first_interrupted += 1
@@ -272,26 +197,8 @@ class _LaneStack(_Stack):
                         failure: Exception | None = exc
                     else:
                         failure = None
-                        end: float | None = None
                         if breaker is not None:
-                            if mode == _GENERAL:
-                                breaker._end(ticket, now if breaker._timed else None, result)
-                            else:
-                                if mode == _TIMED:
-                                    end = clock()
-                                    duration = end - now
-                                    if duration >= 0.0:  # LatencyHistogram.observe, inlined
-                                        histogram = breaker._histogram
-                                        histogram.counts[
-                                            bisect_left(histogram.bounds, duration)
-                                        ] += 1
-                                        histogram.count += 1
-                                        histogram.sum += duration
-                                if core.epoch == ticket:
-                                    core.fast_successes += 1
-                                    core.consecutive = 0
-                                else:
-                                    breaker._fast_stale()
+                            breaker[2](ticket, None, result)
                         if retry is not None:
                             retry._first_ok += 1
                     # -- later attempts: Retry's own loop around the inner chain ----------------
@@ -307,7 +214,6 @@ class _LaneStack(_Stack):
                             attempt, args, {}, failure, None, None, _INF
                         )
                         failure = None
-                        end = None
                 finally:
                     if permit is not None:
                         permit[1](None, None, None)
@@ -331,11 +237,20 @@ class _LaneStack(_Stack):
         counts.successes += 1
         budget = self._budget
         if budget is not None or self._measure:
-            if end is None:
-                end = clock()
+            end = clock()
             if budget is not None:
                 budget.record(True, end if self._budget_shares_clock else None)
             latency = self._latency
             if latency is not None:
                 latency.record(end - now)
         return result
+
+
+_Exit = Callable[[object, BaseException | None, object], None]
+
+
+def _enter_exit(policy: object) -> tuple[Callable[[], object], _Exit] | None:
+    admission = None if policy is None else admission_of(policy)
+    if admission is None or admission.exit is None:
+        return None
+    return admission.enter, admission.exit

@@ -1,11 +1,11 @@
 """One operation's compiled stack: what :class:`~dwcp_resilience.ResilienceManager` runs per call.
 
-:class:`_Components` holds at most one policy of each kind; :class:`_Stack` compiles them once per
+:class:`Components` holds at most one policy of each kind; :class:`Stack` compiles them once per
 registration into an immutable runner (the manager swaps stacks whole, so a call in flight keeps the
-stack it started with); :class:`_Counts` are the operation's outcome counters, shared by the
+stack it started with); :class:`Counts` are the operation's outcome counters, shared by the
 stacks that replace each other. The manager builds the usual stack as a
 :class:`~dwcp_resilience._lane._LaneStack`, which runs a call's first attempt in one frame and falls
-back to :meth:`_Stack.run` whenever an admission is not there at once.
+back to :meth:`Stack.run` whenever an admission is not there at once.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from .core._fused import WAIT, admission_of, fuse
 from .core.clock import Clock
-from .core.context import OperationContext, _current, _deadline
+from .core.context import OperationContext, context_var, deadline_var
 from .core.errors import Rejected
 from .policies.adaptive import AdaptiveRateLimiter
 from .policies.breaker import CircuitBreaker
@@ -35,13 +35,13 @@ T = TypeVar("T")
 Operation = Callable[[OperationContext], Awaitable[T]]
 
 _INF = math.inf
-_ctx_set = _current.set
-_ctx_reset = _current.reset
-_deadline_get = _deadline.get
+_ctx_set = context_var.set
+_ctx_reset = context_var.reset
+_deadline_get = deadline_var.get
 
 
 @dataclass(frozen=True, slots=True)
-class _Components:
+class Components:
     bulkhead: Bulkhead | None = None
     retry: Retry | None = None
     breaker: CircuitBreaker | None = None
@@ -68,14 +68,14 @@ class _Components:
         ]
 
 
-class _Counts:
+class Counts:
     __slots__ = ("calls", "cancelled", "failures", "rejected", "successes")
 
     def __init__(self) -> None:
         self.calls = self.successes = self.failures = self.rejected = self.cancelled = 0
 
 
-class _Stack:
+class Stack:
     """One operation's compiled stack: immutable, swapped whole on registration.
 
     A breaker followed by a limiter runs fused in one frame
@@ -102,7 +102,7 @@ class _Stack:
         "operation",
     )
 
-    def __init__(self, operation: str, components: _Components, counts: _Counts, clock: Clock):
+    def __init__(self, operation: str, components: Components, counts: Counts, clock: Clock):
         self.operation = operation
         self.components = components
         self._counts = counts
@@ -137,11 +137,11 @@ class _Stack:
         try:
             scope = None
             if deadline is not None and deadline < _deadline_get():
-                deadline_token = _deadline.set(deadline)
+                deadline_token = deadline_var.set(deadline)
                 try:
                     scope = self._deadline_timeout._open()
                 except BaseException:
-                    _deadline.reset(deadline_token)
+                    deadline_var.reset(deadline_token)
                     raise
             try:
                 head = self._head
@@ -162,13 +162,13 @@ class _Stack:
             except BaseException as exc:
                 if scope is not None:
                     expired = self._deadline_timeout._close(scope, exc)
-                    _deadline.reset(deadline_token)
+                    deadline_var.reset(deadline_token)
                     if expired is not None:
                         raise expired from exc
                 raise
             if scope is not None:
                 expired = self._deadline_timeout._close(scope, None)
-                _deadline.reset(deadline_token)
+                deadline_var.reset(deadline_token)
                 if expired is not None:
                     raise expired  # noqa: TRY301 - raised in this frame on purpose (no extra frame)
         except BaseException as exc:

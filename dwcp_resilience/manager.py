@@ -42,7 +42,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
 from ._lane import lane_for
-from ._stack import _Components, _Counts, _Stack
+from ._stack import Components, Counts, Stack
 from .core.clock import Clock, loop_time
 from .core.context import OperationContext
 from .core.validate import check_name, check_number
@@ -155,9 +155,9 @@ class ResilienceManager:
         self._max_attempts = max_attempts
         self._strict = bool(strict)
         self._lock = threading.Lock()  # registration only; never taken on the call path
-        self._components: dict[str, _Components] = {}
-        self._counts: dict[str, _Counts] = {}
-        self._stacks: dict[str, _Stack] = {}
+        self._components: dict[str, Components] = {}
+        self._counts: dict[str, Counts] = {}
+        self._stacks: dict[str, Stack] = {}
         self._contexts: dict[str, OperationContext] = {}
         self.health = HealthMonitor(
             f"{name}-health", interval=health_interval, timeout=health_timeout
@@ -173,7 +173,7 @@ class ResilienceManager:
     def _update(self, operation: str, **changes: Any) -> None:
         check_name(operation, "operation")
         with self._lock:
-            old = self._components.get(operation, _Components())
+            old = self._components.get(operation, Components())
             new = replace(old, **changes)
             report = self._report(operation, new)
             if report.problems:
@@ -181,9 +181,9 @@ class ResilienceManager:
                 if self._strict:
                     raise PipelineConfigError(message)
                 warnings.warn(message, PipelineWarning, stacklevel=3)
-            counts = self._counts.setdefault(operation, _Counts())
+            counts = self._counts.setdefault(operation, Counts())
             self._components[operation] = new
-            self._stacks[operation] = lane_for(operation, new, counts, self._clock) or _Stack(
+            self._stacks[operation] = lane_for(operation, new, counts, self._clock) or Stack(
                 operation, new, counts, self._clock
             )
 
@@ -356,7 +356,7 @@ class ResilienceManager:
 
     def components(self, operation: str) -> Mapping[str, object]:
         """The policies registered for ``operation``, by kind."""
-        components = self._components.get(operation, _Components())
+        components = self._components.get(operation, Components())
         found: dict[str, object] = dict(components.layers())
         if components.error_budget is not None:
             found["error_budget"] = components.error_budget
@@ -391,8 +391,8 @@ class ResilienceManager:
             with self._lock:
                 stack = self._stacks.get(ctx.operation)
                 if stack is None:
-                    counts = self._counts.setdefault(ctx.operation, _Counts())
-                    stack = _Stack(ctx.operation, _Components(), counts, self._clock)
+                    counts = self._counts.setdefault(ctx.operation, Counts())
+                    stack = Stack(ctx.operation, Components(), counts, self._clock)
                     self._stacks[ctx.operation] = stack
         return stack.run(ctx, op)
 
@@ -409,9 +409,9 @@ class ResilienceManager:
 
     def describe(self, operation: str) -> StackReport:
         """The worst case of ``operation``'s stack (attempts, latency) and its foot-guns."""
-        return self._report(operation, self._components.get(operation, _Components()))
+        return self._report(operation, self._components.get(operation, Components()))
 
-    def _report(self, operation: str, c: _Components) -> StackReport:
+    def _report(self, operation: str, c: Components) -> StackReport:
         problems: list[str] = []
         attempts = 1 if c.retry is None else c.retry.max_retries + 1
         attempt_timeout = _INF if c.timeout is None else c.timeout.seconds
@@ -451,7 +451,7 @@ class ResilienceManager:
         return self.health.healthy
 
     def statistics(self, operation: str) -> OperationStatistics:
-        counts = self._counts.get(operation, _Counts())
+        counts = self._counts.get(operation, Counts())
         policies = {
             kind: policy.statistics()
             for kind, policy in self.components(operation).items()

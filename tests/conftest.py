@@ -122,23 +122,23 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 class LaneFallbacks:
-    """How many calls a manager's fast lane handed to the compiled chain (``_Stack.run``)."""
+    """How many calls a manager's fast lane handed to the compiled chain (``Stack.run``)."""
 
     count = 0
 
 
 @pytest.fixture
 def lane_fallbacks(monkeypatch: pytest.MonkeyPatch) -> LaneFallbacks:
-    """Counts the calls a ``_LaneStack`` sends through ``_Stack.run`` instead of its own frame."""
+    """Counts the calls a ``_LaneStack`` sends through ``Stack.run`` instead of its own frame."""
     from dwcp_resilience._lane import _LaneStack
-    from dwcp_resilience._stack import _Stack
+    from dwcp_resilience._stack import Stack
 
     seen = LaneFallbacks()
-    general = _Stack.run
+    general = Stack.run
 
-    def counting(self: _Stack, ctx: Any, op: Any) -> Any:
+    def counting(self: Stack, ctx: Any, op: Any) -> Any:
         seen.count += isinstance(self, _LaneStack)
         return general(self, ctx, op)
 
-    monkeypatch.setattr(_Stack, "run", counting)
+    monkeypatch.setattr(Stack, "run", counting)
     return seen

@@ -70,9 +70,7 @@ def test_the_dwcp_clients_send_takes_the_lane() -> None:
     [
         Chaos("c", rate=0.0),
         _OwnCall("h", max_concurrent=1),
-        CircuitBreaker("b", clock=FakeClock()),
         CircuitBreaker("b", timeout=1.0),
-        CircuitBreaker("b", failure_result=lambda result: result is None),
         RateLimiter("l", rate=1.0, burst=1, clock=FakeClock()),
         AdaptiveRateLimiter(
             "a", initial_rate=10.0, min_rate=1.0, max_rate=100.0, target_latency=0.1
@@ -83,10 +81,25 @@ def test_the_dwcp_clients_send_takes_the_lane() -> None:
     ids=repr,
 )
 def test_a_stack_the_lane_cannot_run_as_written_takes_the_chain(policy: object) -> None:
-    """Chaos, an injected clock, a subclass with its own ``call``, a per-breaker timeout, a result
-    predicate, an adaptive limiter, a retry with a deadline of its own: the plain compiled chain."""
+    """Chaos, a subclass with its own ``call``, a per-breaker timeout, a limiter on an injected
+    clock, an adaptive limiter, a retry with a deadline of its own: the plain compiled chain."""
     stack = _stack_of(*_usual()[:2], policy)
     assert not isinstance(stack, _LaneStack)
+
+
+@pytest.mark.parametrize(
+    "breaker",
+    [
+        CircuitBreaker("b", clock=FakeClock()),
+        CircuitBreaker("b", failure_result=lambda result: result is None),
+        CircuitBreaker("b", record_latency=True),
+    ],
+    ids=repr,
+)
+def test_the_lane_runs_any_fusable_breaker_through_its_admission(breaker: object) -> None:
+    """The lane admits and records through the breaker's own admission (its clock, its result
+    predicate, its histogram), so a breaker need only be fusable."""
+    assert isinstance(_stack_of(*_usual()[:2], breaker), _LaneStack)
 
 
 def test_nothing_to_run_takes_no_lane() -> None:

@@ -21,7 +21,7 @@ def _sweeper() -> Any:
     """The running loop's deadline timer."""
     state = _runtime.running()
     assert state is not None
-    return timeout_module._sweeper_of(state)
+    return timeout_module.sweeper_of(state)
 
 
 async def sleeper(seconds: float, result: str = "done") -> str:
@@ -460,7 +460,7 @@ async def test_a_cached_sweeper_of_another_loop_is_not_used(backend_name: str) -
         pytest.skip("the sweeper is asyncio's")
     other = asyncio.new_event_loop()
     try:
-        other_sweeper = timeout_module._sweeper_of(_runtime._state_of(other))
+        other_sweeper = timeout_module.sweeper_of(_runtime._state_of(other))
         assert _runtime._last.loop is other
         with pytest.raises(DeadlineExceeded):
             await Timeout(0.05).call(anyio.sleep, 5)

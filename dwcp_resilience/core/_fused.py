@@ -67,6 +67,9 @@ class Admission(NamedTuple):
     #: (True), or change nothing (False); for a composer that reads the clock once for several
     #: policies (the manager's lane). ``None``: the policy has no such path.
     take_at: Callable[[float], bool] | None = None
+    #: ``ready()``: whether ``enter()`` would admit at once now, without raising or waiting
+    #: (reads only); for a composer that checks every policy before it takes from any.
+    ready: Callable[[], bool] | None = None
 
 
 def admission_of(policy: object) -> Admission | None:

@@ -24,16 +24,22 @@ from .clock import Clock, loop_time
 __all__ = ("OperationContext", "current_context", "current_deadline")
 
 _INF = math.inf
-_current: ContextVar[OperationContext | None] = ContextVar("dwcp_operation_context", default=None)
-_deadline: ContextVar[float] = ContextVar("dwcp_effective_deadline", default=_INF)
+# The two context variables. Not in __all__: a declared internal interface. Users read them through
+# current_context() and current_deadline(); the package's own frames (the timeout, the manager's
+# stack and lane) set and reset them directly, since a function per set and reset would cost on
+# every call.
+context_var: ContextVar[OperationContext | None] = ContextVar(
+    "dwcp_operation_context", default=None
+)
+deadline_var: ContextVar[float] = ContextVar("dwcp_effective_deadline", default=_INF)
 
 #: Read the effective deadline (``inf`` when nothing encloses the caller). Bound method: no frame.
-current_deadline = _deadline.get
+current_deadline = deadline_var.get
 
 
 def current_context() -> OperationContext | None:
     """Return the active :class:`OperationContext`, or ``None``."""
-    return _current.get()
+    return context_var.get()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,22 +112,14 @@ class OperationContext:
     @contextmanager
     def activate(self) -> Iterator[OperationContext]:
         """Make this the current context (and clamp the effective deadline) inside the block."""
-        token = _current.set(self)
-        outer = _deadline.get()
+        token = context_var.set(self)
+        outer = deadline_var.get()
         deadline_token = None
         if self.deadline is not None and self.deadline < outer:
-            deadline_token = _deadline.set(self.deadline)
+            deadline_token = deadline_var.set(self.deadline)
         try:
             yield self
         finally:
             if deadline_token is not None:
-                _deadline.reset(deadline_token)
-            _current.reset(token)
-
-
-def _set_deadline(deadline: float) -> object:
-    """Internal: clamp the effective deadline; returns a token for :func:`_reset_deadline`."""
-    return _deadline.set(deadline)
-
-
-_reset_deadline = _deadline.reset
+                deadline_var.reset(deadline_token)
+            context_var.reset(token)

@@ -60,7 +60,6 @@ from ..core.events import Event, Listeners
 from ..core.outcome import Classifier, ExceptionMatcher, Outcome, ResultPredicate
 from ..core.policy import PolicyBase, TaskLocalStack
 from ..core.validate import check_name, check_number
-from ._admission import breaker_admission
 from .breaker_core import (
     CLOCK_SLACK,
     CLOSED,
@@ -71,6 +70,7 @@ from .breaker_core import (
     BreakerState,
 )
 from .breaker_events import BreakerRejected, BreakerStateChanged, BreakerStatistics
+from .breaker_fused import breaker_admission
 from .breaker_windows import DEFAULT_BUCKETS, CountWindow, LatencyHistogram, TimeWindow
 from .timeout import Timeout
 
@@ -438,10 +438,21 @@ class CircuitBreaker(PolicyBase):
         self._core.admit_late()
         self._record_exception(epoch, exc, None)
 
-    def _fast_stale(self) -> None:
+    def _refusal(self) -> CircuitOpen | None:
+        """OPEN route: the rejection while the open period runs (counted, listeners told), or
+        ``None`` once it is over (the call then goes through :meth:`_begin`, which moves the core
+        to HALF_OPEN or refuses with the exact ``retry_after``)."""
         core = self._core
-        core.admit_late()
-        core.stale += 1
+        clock = self._clock
+        now = loop_time() if clock is None else clock()
+        until = core.reject_until
+        if now >= until:
+            return None
+        core.rejected += 1
+        retry_after = until - now + CLOCK_SLACK
+        if self._emit_rejections:
+            self._emit_rejected(now, retry_after)
+        return _circuit_open(self._name, retry_after)
 
     def _admission(self) -> Admission | None:
         """This breaker's fusable admission (see :mod:`~dwcp_resilience.core._fused`), or
@@ -449,9 +460,17 @@ class CircuitBreaker(PolicyBase):
         ``call``."""
         if self._timeout is not None or type(self).call is not CircuitBreaker.call:
             return None
-        return breaker_admission(self)
+        return breaker_admission(
+            self, self._core, self._begin, self._end, self._record_exception, self._fast_exception
+        )
 
     # -- the three idioms --------------------------------------------------------------------------
+    #
+    # Every path decides through one home: the core's ``route`` (which path), the core's
+    # ``on_fast_success`` and ``_fast_exception`` (the fast CLOSED route's outcomes), ``_refusal``
+    # (the OPEN route), ``_begin``/``_end``/``_record_exception`` (the general path). ``call`` and
+    # the decorator's wrapper have the same shape: the wrapper is not ``call`` awaited because a
+    # coroutine frame costs on every suspension of the callee.
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` if the breaker admits it and record the outcome.
@@ -460,7 +479,6 @@ class CircuitBreaker(PolicyBase):
             CircuitOpen: the breaker refused the call (the callee did not run).
             DeadlineExceeded: the per-call ``timeout`` fired (the callee was cancelled).
         """
-        # Keep in step with the decorator's wrapper in __call__ (inlined there to save a frame).
         core = self._core
         epoch = core.route
         if epoch >= 0:  # CLOSED, consecutive mode: no clock, no allocation
@@ -469,26 +487,13 @@ class CircuitBreaker(PolicyBase):
             except BaseException as exc:
                 self._fast_exception(epoch, exc)
                 raise
-            if core.route == epoch:
-                core.fast_successes += 1
-                core.consecutive = 0
-            else:
-                self._fast_stale()
+            core.on_fast_success(epoch)
             return result
-        if epoch == ROUTE_OPEN:  # one clock read, one fresh exception
-            clock = self._clock
-            now = loop_time() if clock is None else clock()
-            until = core.reject_until
-            if now < until:
-                core.rejected += 1
-                if self._emit_rejections:
-                    self._emit_rejected(now, until - now + CLOCK_SLACK)
-                raise _circuit_open(self._name, until - now + CLOCK_SLACK)
-        if core.state is CLOSED and self._plain:  # no clock needed to admit
-            core.admitted += 1
-            ticket, start = core.epoch, None
-        else:
-            ticket, start = self._begin()
+        if epoch == ROUTE_OPEN:
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal
+        ticket, start = self._begin()
         try:
             if self._timeout is None:
                 result = await fn(*args, **kwargs)
@@ -501,7 +506,7 @@ class CircuitBreaker(PolicyBase):
         return result
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-        """Decorate an ``async def`` so every call runs through this breaker.
+        """Decorate an ``async def`` so every call runs through this breaker (as :meth:`call`).
 
         Raises:
             TypeError: if ``fn`` is a plain (synchronous) function.
@@ -509,8 +514,10 @@ class CircuitBreaker(PolicyBase):
         if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
             raise TypeError(f"@CircuitBreaker needs an async def, got {fn.__qualname__}")
         core = self._core
-        fast_exception, fast_stale = self._fast_exception, self._fast_stale
-        begin, end, record_exception = self._begin, self._end, self._record_exception
+        on_fast_success, fast_exception = core.on_fast_success, self._fast_exception
+        refusal_of, begin = self._refusal, self._begin
+        end, record_exception = self._end, self._record_exception
+        timeout = self._timeout
 
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -521,31 +528,18 @@ class CircuitBreaker(PolicyBase):
                 except BaseException as exc:
                     fast_exception(epoch, exc)
                     raise
-                if core.route == epoch:
-                    core.fast_successes += 1
-                    core.consecutive = 0
-                else:
-                    fast_stale()
+                on_fast_success(epoch)
                 return result
             if epoch == ROUTE_OPEN:
-                clock = self._clock
-                now = loop_time() if clock is None else clock()
-                until = core.reject_until
-                if now < until:
-                    core.rejected += 1
-                    if self._emit_rejections:
-                        self._emit_rejected(now, until - now + CLOCK_SLACK)
-                    raise _circuit_open(self._name, until - now + CLOCK_SLACK)
-            if core.state is CLOSED and self._plain:
-                core.admitted += 1
-                ticket, start = core.epoch, None
-            else:
-                ticket, start = begin()
+                refusal = refusal_of()
+                if refusal is not None:
+                    raise refusal
+            ticket, start = begin()
             try:
-                if self._timeout is None:
+                if timeout is None:
                     result = await fn(*args, **kwargs)
                 else:
-                    result = await self._timeout.call(fn, *args, **kwargs)
+                    result = await timeout.call(fn, *args, **kwargs)
             except BaseException as exc:
                 record_exception(ticket, exc, start)
                 raise

@@ -175,9 +175,9 @@ class BreakerCore:
     methods. ``route`` tells the shell which path a call takes with one attribute read: the epoch
     (>= 0) while CLOSED in consecutive mode, :data:`ROUTE_OPEN` while OPEN (not isolated: reject
     inline while ``now < reject_until``), :data:`ROUTE_GENERAL` otherwise. On the fast CLOSED path
-    the shell admits without :meth:`try_acquire` and counts a success itself, as
-    ``fast_successes += 1; consecutive = 0`` when ``route`` is unchanged; any other outcome it
-    reports through :meth:`admit_late` and the ``on_*`` methods, so that
+    the shell admits without :meth:`try_acquire` and reports a success with
+    :meth:`on_fast_success`; any other outcome it reports through :meth:`admit_late` and the
+    ``on_*`` methods, so that
     ``admitted == successes + failures + ignored + stale + inflight`` always holds for the calls the
     core has seen.
     """
@@ -334,6 +334,17 @@ class BreakerCore:
     def admit_late(self) -> None:
         """Count a fast-path call as admitted, just before its non-success outcome is recorded."""
         self.admitted += 1
+
+    def on_fast_success(self, epoch: int) -> None:
+        """A call admitted on the fast CLOSED route of ``epoch`` succeeded: the one place that
+        records it. Still that route: a success that breaks the run of failures. The route
+        changed meanwhile: a stale outcome, counted and otherwise ignored."""
+        if self.route == epoch:
+            self.fast_successes += 1
+            self.consecutive = 0
+        else:
+            self.admitted += 1
+            self.stale += 1
 
     def retry_after(self, now: float) -> float | None:
         """Seconds until a call may be admitted again, when known (``None``: unknown)."""

@@ -45,7 +45,7 @@ from typing import Any, ParamSpec, TypeVar
 from ..core._fused import WAIT, Admission
 from ..core._runtime import running
 from ..core.clock import Clock, loop_time
-from ..core.context import _deadline
+from ..core.context import deadline_var
 from ..core.errors import RateLimited
 from ..core.policy import PolicyBase
 from ..core.validate import check_name, check_number
@@ -58,7 +58,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _INF = math.inf
-_deadline_get = _deadline.get
+_deadline_get = deadline_var.get
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +290,9 @@ class RateLimiter(PolicyBase):
             await wait(1, read(), None)
             return None
 
-        return Admission(enter, wait_, None, self, take_at=functools.partial(take, 1))
+        # take_at: only on the running loop's clock, which is what a composer reads.
+        take_at = functools.partial(take, 1) if self._clock is None else None
+        return Admission(enter, wait_, None, self, take_at=take_at)
 
     # -- the three idioms ------------------------------------------------------------------------
 

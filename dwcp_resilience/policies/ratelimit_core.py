@@ -29,7 +29,16 @@ from collections import deque
 
 from ..core.validate import check_int, check_number
 
-__all__ = ("CANCELLED", "DONE", "GRANTED", "QUEUED", "REJECTED", "Ticket", "TokenBucket")
+__all__ = (
+    "CANCELLED",
+    "DONE",
+    "GRANTED",
+    "QUEUED",
+    "REJECTED",
+    "Ticket",
+    "TokenBucket",
+    "check_request",
+)
 
 QUEUED = 0
 """The ticket waits in the FIFO queue; its tokens are reserved."""
@@ -45,6 +54,18 @@ CANCELLED = 4
 _INF = math.inf
 _TOL = 1e-9
 """Seconds of float noise forgiven when comparing admission times (sums of ``n / rate`` steps)."""
+
+
+def check_request(n: int, burst: int) -> None:
+    """Raise unless ``n`` is an int with ``1 <= n <= burst``: a request larger than the bucket can
+    never be served (the choice of aiolimiter and of Go's ``rate.Limiter.WaitN``). Every token
+    bucket of the package, local or shared through Redis, checks its requests here."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if n > burst:
+        raise ValueError(f"n={n} exceeds burst={burst}: it could never be admitted")
 
 
 class Ticket:
@@ -153,12 +174,7 @@ class TokenBucket:
 
     def check_n(self, n: int) -> None:
         """Raise unless ``1 <= n <= burst`` (a request larger than the bucket can never be served)."""
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"n must be an int, got {type(n).__name__}")
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        if n > self._burst:
-            raise ValueError(f"n={n} exceeds burst={self._burst}: it could never be admitted")
+        check_request(n, self._burst)
 
     # -- deciding --------------------------------------------------------------------------------
 

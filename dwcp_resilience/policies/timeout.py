@@ -12,7 +12,7 @@ Semantics (the same on asyncio, uvloop and trio):
 - ``seconds <= 0`` (or an enclosing deadline already past) raises ``DeadlineExceeded`` at once,
   without running the callee; ``inf`` never fires and arms no timer; NaN is a ``ValueError``.
 
-On asyncio and uvloop the deadlines of a loop share one timer (:class:`_Sweeper`): a heap of
+On asyncio and uvloop the deadlines of a loop share one timer (:class:`Sweeper`): a heap of
 ``(deadline, seq, scope)`` tuples compared in C, with one ``loop.call_at`` handle armed for the
 earliest live deadline. A call therefore costs a heap push instead of a ``TimerHandle`` (whose
 Python-level ``__lt__`` is most of ``asyncio.timeout``'s cost). It fires exactly when the earliest
@@ -30,20 +30,20 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from ..core._runtime import LoopState, current_task, running
-from ..core.context import _deadline
+from ..core.context import deadline_var
 from ..core.errors import DeadlineExceeded
 from ..core.policy import PolicyBase, TaskLocalStack
 from ..core.validate import check_name, check_number
 
-__all__ = ("Timeout",)
+__all__ = ("Timeout",)  # Sweeper and sweeper_of: the lane's declared internal interface
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 _INF = math.inf
-_deadline_get = _deadline.get
-_deadline_set = _deadline.set
-_deadline_reset = _deadline.reset
+_deadline_get = deadline_var.get
+_deadline_set = deadline_var.set
+_deadline_reset = deadline_var.reset
 
 
 # A deadline entry is a plain list, [deadline, seq, task, cancelling_on_entry, state], ordered in
@@ -55,8 +55,13 @@ _seq = count()
 Entry = list[Any]
 
 
-class _Sweeper:
-    """All asyncio deadlines of one loop behind one timer handle."""
+class Sweeper:
+    """All asyncio deadlines of one loop behind one timer handle.
+
+    Not public API, but a declared internal interface: :class:`Timeout` and the manager's lane
+    (``_lane.py``) open and leave every asyncio deadline scope through :meth:`open` and
+    :meth:`exit`, the one home of that decision.
+    """
 
     __slots__ = ("armed_at", "handle", "heap", "live", "loop", "time")
 
@@ -71,6 +76,7 @@ class _Sweeper:
         self.live = 0
 
     def open(self, task: Task[Any], deadline: float) -> Entry:
+        """Enter a deadline scope of ``task``; leave it with exactly one :meth:`exit`."""
         entry = [deadline, next(_seq), task, task.cancelling(), _LIVE]
         heap = self.heap
         heappush(heap, entry)
@@ -81,8 +87,14 @@ class _Sweeper:
             self.compact()
         return entry
 
-    def close(self, entry: Entry) -> None:
-        """Leave the scope: returns the task's cancel count to its entry value if we fired."""
+    def exit(self, entry: Entry, cancelled: bool) -> bool:
+        """Leave the scope of ``entry``, which ended in a ``CancelledError`` if ``cancelled``.
+
+        Returns whether the scope's own deadline ended it: it fired, the scope ended cancelled,
+        and no other cancellation of the task is pending (``Task.uncancel()`` is back to its
+        value at entry, the ``asyncio.timeout`` protocol). The caller then raises
+        ``DeadlineExceeded`` from the cancellation; otherwise the outcome stands.
+        """
         state = entry[_STATE]
         if state == _LIVE:
             entry[_STATE] = _DONE
@@ -96,9 +108,11 @@ class _Sweeper:
                 heappop(heap)
                 while heap and heap[0][_STATE] != _LIVE:
                     heappop(heap)
-        elif state == _FIRED:
+            return False
+        if state == _FIRED:
             entry[_STATE] = _HANDLED
-            entry[_TASK].uncancel()
+            return entry[_TASK].uncancel() <= entry[_CANCELLING] and cancelled
+        return False
 
     def compact(self) -> None:
         heap = [entry for entry in self.heap if entry[_STATE] == _LIVE]
@@ -132,11 +146,11 @@ class _Sweeper:
             self.arm(heap[0][_DEADLINE])
 
 
-def _sweeper_of(state: LoopState) -> _Sweeper:
+def sweeper_of(state: LoopState) -> Sweeper:
     """The sweeper of the loop of ``state``, made on first use and kept on the loop's state."""
-    sweeper: _Sweeper | None = state.deadlines
+    sweeper: Sweeper | None = state.deadlines
     if sweeper is None:
-        sweeper = state.deadlines = _Sweeper(state)
+        sweeper = state.deadlines = Sweeper(state)
     return sweeper
 
 
@@ -145,7 +159,7 @@ class _AsyncioEntry:
 
     __slots__ = ("scope", "sweeper", "token")
 
-    def __init__(self, scope: Entry | None, sweeper: _Sweeper | None, token: Any) -> None:
+    def __init__(self, scope: Entry | None, sweeper: Sweeper | None, token: Any) -> None:
         self.scope = scope
         self.sweeper = sweeper
         self.token = token
@@ -196,11 +210,11 @@ class Timeout(PolicyBase):
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)``; raise ``DeadlineExceeded`` if our deadline fires first."""
-        # The asyncio half of `_open`/`_close`, inlined: this is the timeout's hot path.
+        # The asyncio half of `_open`/`_close` without the scope object: the timeout's hot path.
         state = running()
         if state is None:
             return await self._call_trio(fn, *args, **kwargs)
-        sweeper = state.deadlines or _sweeper_of(state)
+        sweeper = state.deadlines or sweeper_of(state)
         now = sweeper.time()
         deadline = now + self._seconds
         outer = _deadline_get()
@@ -216,16 +230,15 @@ class Timeout(PolicyBase):
         entry = sweeper.open(task, deadline)
         token = _deadline_set(deadline)
         try:
-            return await fn(*args, **kwargs)
-        except CancelledError as exc:
-            if entry[_STATE] == _FIRED:
-                entry[_STATE] = _HANDLED
-                if task.uncancel() <= entry[_CANCELLING]:
-                    raise self._expired() from exc
-            raise
-        finally:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
             _deadline_reset(token)
-            sweeper.close(entry)
+            if sweeper.exit(entry, isinstance(exc, CancelledError)):
+                raise self._expired() from exc
+            raise
+        _deadline_reset(token)
+        sweeper.exit(entry, False)
+        return result
 
     async def _call_trio(
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
@@ -254,7 +267,7 @@ class Timeout(PolicyBase):
         state = running()
         if state is None:
             return self._open_trio()
-        sweeper = state.deadlines or _sweeper_of(state)
+        sweeper = state.deadlines or sweeper_of(state)
         now = sweeper.time()
         deadline = now + self._seconds
         outer = _deadline_get()
@@ -299,12 +312,8 @@ class Timeout(PolicyBase):
         scope, sweeper = entry.scope, entry.sweeper
         if scope is None or sweeper is None:
             return None
-        if scope[_STATE] == _FIRED:
-            scope[_STATE] = _HANDLED
-            if scope[_TASK].uncancel() <= scope[_CANCELLING] and isinstance(exc, CancelledError):
-                return self._expired()
-            return None
-        sweeper.close(scope)
+        if sweeper.exit(scope, isinstance(exc, CancelledError)):
+            return self._expired()
         return None
 
     async def __aenter__(self) -> Timeout:

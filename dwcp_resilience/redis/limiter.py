@@ -66,6 +66,7 @@ from ..core.events import Event, Listeners
 from ..core.policy import PolicyBase
 from ..core.validate import check_int, check_name, check_number
 from ..policies.ratelimit import RateLimiter
+from ..policies.ratelimit_core import check_request
 from ._backend import BackendUnavailable, FallbackTracker, RedisBackend
 from ._gcra import GCRA_LUA
 
@@ -260,12 +261,7 @@ class RedisRateLimiter(PolicyBase):
         )
 
     def _check_n(self, n: int) -> None:
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"n must be an int, got {type(n).__name__}")
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        if n > self._burst:
-            raise ValueError(f"n={n} exceeds burst={self._burst}: it could never be admitted")
+        check_request(n, self._burst)
 
     # -- acquiring -------------------------------------------------------------------------------
 
