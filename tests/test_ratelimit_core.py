@@ -44,7 +44,9 @@ class Model:
     def grant(self, now: float) -> list[int]:
         self.refill(now)
         out = []
-        while self.queue and self.level >= self.queue[0][1] - EPS:
+        # Due within the machine's timer tolerance (1e-6 s, see _run_timers), as the core's timer
+        # would grant it: a tolerance in tokens would grant a head the timer has not reached.
+        while self.queue and self.level >= self.queue[0][1] - self.rate * 1e-6:
             tid, n = self.queue.pop(0)
             self.level -= n
             out.append(tid)
