@@ -12,6 +12,8 @@ What the rest of the package uses:
   attaches to it (``state.deadlines``).
 - :func:`current_task` returns the task running on a loop (never ``None`` inside a coroutine).
 - :func:`get_running_loop` returns the running asyncio loop or ``None``, without raising.
+- :func:`loop_now` reads the running loop's clock (asyncio, uvloop, trio; ``time.monotonic()``
+  outside any loop) in one Python call: it is :func:`~dwcp_resilience.core.clock.loop_time`.
 
 Which path runs where. The private path is taken only where it measured faster on that
 interpreter (``python -m bench --only seam``: ns per call, this 2-core machine, a loop running)::
@@ -194,6 +196,44 @@ else:
         if state.loop is loop:
             return state
         return None if loop is None else _state_of(loop)
+
+
+def _trio_or_monotonic() -> float:
+    try:
+        import trio  # noqa: PLC0415 - optional backend, imported on first trio use only
+    except ImportError:  # pragma: no cover - trio is an optional extra
+        return _monotonic()
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return _monotonic()
+
+
+if _THREAD_CHECK:
+
+    def loop_now() -> float:
+        """The running loop's clock: asyncio's or uvloop's (through the cache), trio's, or
+        ``time.monotonic()`` outside any loop. One Python call: the package's default clock."""
+        state = _last
+        if state.owned and state.loop._thread_id == _get_ident():
+            return state.time()
+        loop = get_running_loop()
+        if loop is None:
+            return _trio_or_monotonic()
+        return _state_of(loop).time()
+
+else:
+
+    def loop_now() -> float:
+        """The running loop's clock: asyncio's or uvloop's (through the cache), trio's, or
+        ``time.monotonic()`` outside any loop. One Python call: the package's default clock."""
+        loop = get_running_loop()
+        state = _last
+        if state.loop is loop:
+            return state.time()
+        if loop is None:
+            return _trio_or_monotonic()
+        return _state_of(loop).time()
 
 
 def paths() -> dict[str, str]:

@@ -13,38 +13,19 @@ or construction time.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
-from ._runtime import running
+from ._runtime import loop_now
 
 __all__ = ("Clock", "loop_time")
 
 Clock = Callable[[], float]
 """A monotonic clock: a zero-argument callable returning seconds as a float."""
 
-_monotonic = time.monotonic
+loop_time: Clock = loop_now
+"""Return the running event loop's monotonic time in seconds.
 
-
-def _trio_time() -> float | None:
-    try:
-        import trio  # noqa: PLC0415 - optional backend, imported on first trio use only
-    except ImportError:  # pragma: no cover - trio is an optional extra
-        return None
-    try:
-        return trio.current_time()
-    except RuntimeError:
-        return None
-
-
-def loop_time() -> float:
-    """Return the running event loop's monotonic time in seconds.
-
-    asyncio and uvloop: ``loop.time()``; trio: ``trio.current_time()``; no loop: ``time.monotonic()``.
-    The running loop and its clock come from :mod:`~dwcp_resilience.core._runtime`.
-    """
-    state = running()
-    if state is not None:
-        return state.time()
-    now = _trio_time()
-    return _monotonic() if now is None else now
+asyncio and uvloop: ``loop.time()``; trio: ``trio.current_time()``; no loop: ``time.monotonic()``.
+The running loop and its clock come from :mod:`~dwcp_resilience.core._runtime` (one cache, one
+Python call per reading).
+"""

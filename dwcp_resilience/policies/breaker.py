@@ -143,7 +143,7 @@ class CircuitBreaker(PolicyBase):
 
     __slots__ = (
         "_classifier", "_clock", "_clock_on_success", "_core", "_deadline_name", "_emit_rejections",
-        "_histogram", "_listeners", "_name", "_plain", "_result_check", "_stack", "_timed",
+        "_histogram", "_listeners", "_name", "_now", "_plain", "_result_check", "_stack", "_timed",
         "_timeout",
     )  # fmt: skip
 
@@ -190,6 +190,7 @@ class CircuitBreaker(PolicyBase):
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a zero-argument callable, got {type(clock).__name__}")
         self._clock = clock
+        self._now: Clock = loop_time if clock is None else clock  # one call per reading
         self._timeout: Timeout | None = None
         if timeout is not None:
             seconds = check_number(
@@ -336,10 +337,6 @@ class CircuitBreaker(PolicyBase):
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _now(self) -> float:
-        clock = self._clock
-        return loop_time() if clock is None else clock()
-
     def _on_transition(
         self, old: BreakerState, new: BreakerState, now: float, reason: str, manual: bool
     ) -> None:
@@ -438,13 +435,13 @@ class CircuitBreaker(PolicyBase):
         self._core.admit_late()
         self._record_exception(epoch, exc, None)
 
-    def _refusal(self) -> CircuitOpen | None:
-        """OPEN route: the rejection while the open period runs (counted, listeners told), or
-        ``None`` once it is over (the call then goes through :meth:`_begin`, which moves the core
-        to HALF_OPEN or refuses with the exact ``retry_after``)."""
+    def _rejecting(self) -> float | None:
+        """OPEN route: while the open period runs, count the rejection, tell listeners and return
+        its ``retry_after`` (the caller raises ``_circuit_open(name, retry_after)`` at once, so the
+        fresh exception is never bound to a local); ``None`` once the period is over (the call then
+        goes through :meth:`_begin`, which moves the core to HALF_OPEN or refuses exactly)."""
         core = self._core
-        clock = self._clock
-        now = loop_time() if clock is None else clock()
+        now = self._now()
         until = core.reject_until
         if now >= until:
             return None
@@ -452,7 +449,7 @@ class CircuitBreaker(PolicyBase):
         retry_after = until - now + CLOCK_SLACK
         if self._emit_rejections:
             self._emit_rejected(now, retry_after)
-        return _circuit_open(self._name, retry_after)
+        return retry_after
 
     def _admission(self) -> Admission | None:
         """This breaker's fusable admission (see :mod:`~dwcp_resilience.core._fused`), or
@@ -467,7 +464,7 @@ class CircuitBreaker(PolicyBase):
     # -- the three idioms --------------------------------------------------------------------------
     #
     # Every path decides through one home: the core's ``route`` (which path), the core's
-    # ``on_fast_success`` and ``_fast_exception`` (the fast CLOSED route's outcomes), ``_refusal``
+    # ``on_fast_success`` and ``_fast_exception`` (the fast CLOSED route's outcomes), ``_rejecting``
     # (the OPEN route), ``_begin``/``_end``/``_record_exception`` (the general path). ``call`` and
     # the decorator's wrapper have the same shape: the wrapper is not ``call`` awaited because a
     # coroutine frame costs on every suspension of the callee.
@@ -490,9 +487,9 @@ class CircuitBreaker(PolicyBase):
             core.on_fast_success(epoch)
             return result
         if epoch == ROUTE_OPEN:
-            refusal = self._refusal()
-            if refusal is not None:
-                raise refusal
+            retry_after = self._rejecting()
+            if retry_after is not None:
+                raise _circuit_open(self._name, retry_after)
         ticket, start = self._begin()
         try:
             if self._timeout is None:
@@ -515,7 +512,7 @@ class CircuitBreaker(PolicyBase):
             raise TypeError(f"@CircuitBreaker needs an async def, got {fn.__qualname__}")
         core = self._core
         on_fast_success, fast_exception = core.on_fast_success, self._fast_exception
-        refusal_of, begin = self._refusal, self._begin
+        rejecting, begin, name = self._rejecting, self._begin, self._name
         end, record_exception = self._end, self._record_exception
         timeout = self._timeout
 
@@ -531,9 +528,9 @@ class CircuitBreaker(PolicyBase):
                 on_fast_success(epoch)
                 return result
             if epoch == ROUTE_OPEN:
-                refusal = refusal_of()
-                if refusal is not None:
-                    raise refusal
+                retry_after = rejecting()
+                if retry_after is not None:
+                    raise _circuit_open(name, retry_after)
             ticket, start = begin()
             try:
                 if timeout is None:

@@ -266,12 +266,15 @@ class Bulkhead(PolicyBase):
             BulkheadFull: ``reason="full"`` if no permit is free and the queue is full (or
                 ``max_queue`` is 0); ``reason="timeout"`` if ``max_wait`` ran out. ``fn`` is not run.
         """
-        if not self._core.try_enter():
+        core = self._core
+        if not core.try_enter():
             await self._wait()
         try:
             return await fn(*args, **kwargs)
         finally:
-            self._exit()
+            handed = core.release()
+            if handed is not None:
+                wake(handed)
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate an ``async def``: each call runs holding a permit (as :meth:`call`).
@@ -281,7 +284,7 @@ class Bulkhead(PolicyBase):
         """
         if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
             raise TypeError(f"@Bulkhead needs an async def, got {fn.__qualname__}")
-        try_enter, wait, exit_ = self._core.try_enter, self._wait, self._exit
+        try_enter, release, wait = self._core.try_enter, self._core.release, self._wait
 
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -290,7 +293,9 @@ class Bulkhead(PolicyBase):
             try:
                 return await fn(*args, **kwargs)
             finally:
-                exit_()
+                handed = release()
+                if handed is not None:
+                    wake(handed)
 
         return wrapper
 

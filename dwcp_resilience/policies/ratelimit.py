@@ -43,7 +43,6 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from ..core._fused import WAIT, Admission
-from ..core._runtime import running
 from ..core.clock import Clock, loop_time
 from ..core.context import deadline_var
 from ..core.errors import RateLimited
@@ -110,7 +109,7 @@ class RateLimiter(PolicyBase):
         TypeError: if an argument has the wrong type (``True`` as a number included).
     """
 
-    __slots__ = ("_bucket", "_clock", "_max_wait", "_name")
+    __slots__ = ("_bucket", "_clock", "_max_wait", "_name", "_now")
 
     def __init__(
         self,
@@ -128,6 +127,8 @@ class RateLimiter(PolicyBase):
         self._max_wait = _INF if max_wait is None else _check_wait(max_wait)
         # The running loop's own clock, however it is passed, is read through the one cache.
         self._clock = None if clock is loop_time else _check_clock(clock)
+        # The clock reading, as one call: the injected clock, else the running loop's.
+        self._now: Clock = loop_time if self._clock is None else self._clock
 
     @property
     def name(self) -> str:
@@ -152,14 +153,6 @@ class RateLimiter(PolicyBase):
     def waiting(self) -> int:
         """Requests queued (or granted and not yet resumed) now."""
         return self._bucket.waiting
-
-    def _now(self) -> float:
-        """Read the clock: the injected one, else the running loop's (see ``core/_runtime.py``)."""
-        clock = self._clock
-        if clock is None:
-            state = running()
-            return state.time() if state is not None else loop_time()
-        return clock()
 
     def __repr__(self) -> str:
         bucket = self._bucket
