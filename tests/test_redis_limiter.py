@@ -256,7 +256,10 @@ async def test_redis_killed_mid_run_falls_back_then_resumes(anyio_backend: Any) 
                 await limiter.acquire()
             assert limiter.statistics().shared == shared + 5
             assert [type(e) for e in recorder.events] == [FleetFallback, FleetRestored]
-            assert await backend.client.pttl(limiter.key) > 0
+            # The key always expires: when the bucket is full again (it may already have: the 5
+            # tokens refill in 5 ms, and a loaded machine takes longer than that to ask).
+            ttl = await backend.client.pttl(limiter.key)
+            assert ttl == -2 or 0 <= ttl <= 1000, ttl  # -2: expired already; never -1 (no TTL)
 
 
 @pytest.mark.parametrize(
