@@ -13,9 +13,11 @@ from conftest import LaneFallbacks
 
 from dwcp_resilience import (
     AdaptiveRateLimiter,
+    BreakerState,
     Bulkhead,
     Chaos,
     CircuitBreaker,
+    CircuitOpen,
     DeadlineExceeded,
     OperationContext,
     RateLimiter,
@@ -161,3 +163,39 @@ async def test_send_message_sends_nothing_until_awaited(backend_name: str) -> No
             assert (client.sent, peer.statistics().messages_stored) == (1, 1)
         finally:
             await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_breaker_on_an_injected_clock_decides_by_that_clock_in_the_lane(
+    backend_name: str,
+) -> None:
+    """The lane admits and records through the breaker's admission, so the breaker's own clock
+    times the open period: it stays open while the fake clock stands still, whatever loop time
+    passes, and lets a probe through once the fake clock has moved past ``reset_timeout``."""
+    clock = FakeClock(100.0)
+    breaker = CircuitBreaker(
+        "b", max_failures=2, reset_timeout=5.0, half_open_successes=1, clock=clock
+    )
+    rm = ResilienceManager("m")
+    rm.register("op", Bulkhead("h", max_concurrent=4), breaker)
+    if backend_name != "trio":
+        assert isinstance(rm._stacks["op"], _LaneStack)
+
+    async def boom(ctx: OperationContext) -> None:
+        raise ConnectionError("down")
+
+    async def ok(ctx: OperationContext) -> str:
+        return "ok"
+
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            await rm.execute_with_all_protections(OperationContext("op"), boom)
+    with pytest.raises(CircuitOpen) as refused:
+        await rm.execute_with_all_protections(OperationContext("op"), ok)
+    assert refused.value.retry_after == pytest.approx(5.0, abs=1e-3)
+    await anyio.sleep(0.05)  # loop time passes; the breaker's clock does not
+    with pytest.raises(CircuitOpen):
+        await rm.execute_with_all_protections(OperationContext("op"), ok)
+    clock.advance(5.0)
+    assert await rm.execute_with_all_protections(OperationContext("op"), ok) == "ok"
+    assert breaker.state is BreakerState.CLOSED

@@ -218,3 +218,17 @@ async def test_the_managers_lane_admits_exactly_the_burst(
     assert starts[:burst] == [t0] * burst
     assert starts[burst] == pytest.approx(t0 + 1 / rate)
     assert starts[burst + 1] == pytest.approx(t0 + 2 / rate)
+
+
+def test_the_cores_bookkeeping_is_not_public_api() -> None:
+    """The limiter and the bulkhead hold their cores: a user cannot call the bookkeeping (at
+    eba41f1 ``Bulkhead.release()`` drove ``concurrent`` to -1 without an error)."""
+    from dwcp_resilience import Bulkhead
+
+    limiter = RateLimiter("l", rate=1, burst=1)
+    for name in ("reserve", "grant_due", "abandon", "finish", "head", "reconfigure", "take"):
+        assert not hasattr(limiter, name), name
+    bulkhead = Bulkhead("b", max_concurrent=1)
+    for name in ("release", "enqueue", "abandon", "resume", "try_enter", "exit", "reject"):
+        assert not hasattr(bulkhead, name), name
+    assert (bulkhead.available, bulkhead.statistics().concurrent) == (1, 0)

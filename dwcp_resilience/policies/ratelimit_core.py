@@ -220,10 +220,6 @@ class TokenBucket:
         floor = now - self._burst_time
         return floor if tat < floor else tat
 
-    def full_at(self) -> float:
-        """When the bucket will hold ``burst`` tokens again, if nobody takes any."""
-        return self._tat + self._burst_time
-
     def reserve(self, n: int, now: float, deadline: float = _INF) -> Ticket:
         """Admit ``n`` tokens at once (a ``DONE`` ticket), or queue for them if they can be had by
         ``deadline`` (``QUEUED``, ``ready_at`` = projected admission time), or reject (``REJECTED``,
