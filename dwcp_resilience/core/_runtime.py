@@ -185,6 +185,8 @@ if _THREAD_CHECK:
         if state.owned and state.loop._thread_id == _get_ident():
             return state
         loop = get_running_loop()
+        if state.loop is loop:  # a loop with no cheap thread check (uvloop)
+            return state
         return None if loop is None else _state_of(loop)
 
 else:
@@ -218,6 +220,8 @@ if _THREAD_CHECK:
         if state.owned and state.loop._thread_id == _get_ident():
             return state.time()
         loop = get_running_loop()
+        if state.loop is loop:  # a loop with no cheap thread check (uvloop)
+            return state.time()
         if loop is None:
             return _trio_or_monotonic()
         return _state_of(loop).time()
