@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from .core._fused import WAIT, admission_of, fuse
 from .core.clock import Clock
 from .core.context import OperationContext, context_var, deadline_var
-from .core.errors import Rejected
+from .core.errors import NotCallable, Rejected
 from .policies.adaptive import AdaptiveRateLimiter
 from .policies.breaker import CircuitBreaker
 from .policies.bulkhead import Bulkhead
@@ -189,11 +189,11 @@ class Stack:
             counts.rejected += 1
             if self._budget is not None:
                 self._budget.record(False)
-        elif isinstance(exc, Exception):
+        elif not isinstance(exc, Exception):
+            counts.cancelled += 1
+        elif not isinstance(exc, NotCallable):  # a caller's bug: nothing ran, nothing to record
             counts.failures += 1
             self._finish(False, start)
-        else:
-            counts.cancelled += 1
 
     def _finish(self, ok: bool, start: float) -> None:
         """Record a completed call: one clock read serves the latency and the error budget."""

@@ -45,6 +45,7 @@ from ._lane import lane_for
 from ._stack import Components, Counts, Stack
 from .core.clock import Clock, loop_time
 from .core.context import OperationContext
+from .core.errors import not_callable
 from .core.validate import check_name, check_number
 from .policies.adaptive import AdaptiveRateLimiter
 from .policies.backoff import ExponentialBackoff
@@ -381,6 +382,8 @@ class ResilienceManager:
             whatever ``op`` raised (unchanged, after retries), a :class:`~dwcp_resilience.Rejected`
             when a policy refused the call, or :class:`~dwcp_resilience.DeadlineExceeded`.
         """
+        if not callable(op):
+            raise not_callable(op)
         if isinstance(ctx, str):
             context = self._contexts.get(ctx)
             if context is None:

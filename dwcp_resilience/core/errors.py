@@ -8,9 +8,11 @@ still tell a rejection (the callee never ran) from a deadline (the callee ran to
     │   ├── CircuitOpen                   a breaker is open (or half-open with every probe slot taken)
     │   ├── RateLimited                   a rate limiter had no token in time
     │   └── BulkheadFull                  a bulkhead had no permit: ``reason`` is "full" or "timeout"
-    └── DeadlineExceeded                  (also TimeoutError) our own deadline fired
+    ├── DeadlineExceeded                  (also TimeoutError) our own deadline fired
+    └── NotCallable                       (also TypeError) ``call(fn(x))`` instead of ``call(fn, x)``
 
 Rejections never count as failures in any breaker and are not retried by default. A
+:class:`NotCallable` is never counted as a failure and never retried (it is a bug in the caller). A
 ``DeadlineExceeded`` is raised only when *our* deadline fired; an outer cancellation stays a
 cancellation.
 
@@ -21,10 +23,13 @@ its traceback on every raise.
 
 from __future__ import annotations
 
+import inspect
+
 __all__ = (
     "BulkheadFull",
     "CircuitOpen",
     "DeadlineExceeded",
+    "NotCallable",
     "RateLimited",
     "Rejected",
     "ResilienceError",
@@ -132,3 +137,39 @@ class DeadlineExceeded(ResilienceError, TimeoutError):
 
     def __repr__(self) -> str:
         return f"DeadlineExceeded({self.name!r}, timeout={self.timeout!r})"
+
+
+class NotCallable(ResilienceError, TypeError):
+    """A policy was handed an object where it needs an async function, most often a coroutine
+    object: ``await policy.call(fetch(url))`` instead of ``await policy.call(fetch, url)``.
+
+    Nothing ran: the policy refused before admitting, counting or retrying anything, and a
+    coroutine object was closed (so Python does not also warn that it was never awaited). Never
+    counted as a failure by any breaker or budget, never retried.
+
+    Args:
+        obj: what was passed instead of a function.
+    """
+
+    def __init__(self, obj: object) -> None:
+        super().__init__(type(obj).__name__)
+
+    def __str__(self) -> str:
+        kind = self.args[0]
+        if kind == "coroutine":
+            return (
+                "expected an async function and its arguments, got a coroutine object "
+                "(it was closed, not run): write call(fn, *args), not call(fn(*args))"
+            )
+        return f"expected an async function and its arguments, got a {kind} object"
+
+
+def not_callable(obj: object) -> NotCallable:
+    """The error for ``obj`` passed where a function belongs; a coroutine object is closed first.
+
+    Every policy's ``call`` (and decorator) raises it when its ``fn`` is not callable, before it
+    admits or counts anything: ``if not callable(fn): raise not_callable(fn)``.
+    """
+    if inspect.iscoroutine(obj):
+        obj.close()
+    return NotCallable(obj)

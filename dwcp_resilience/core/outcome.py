@@ -6,7 +6,9 @@ Every primitive that counts outcomes (breaker windows, retry decisions, budgets)
 1. A ``BaseException`` that is not an ``Exception`` (cancellation on asyncio and trio,
    ``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``, and exception groups that hold only such
    exceptions) is **neutral**: never a failure, never retried, never swallowed.
-2. Our own rejections (:class:`~dwcp_resilience.Rejected`) are **neutral**: the callee never ran.
+2. Our own rejections (:class:`~dwcp_resilience.Rejected`) and a
+   :class:`~dwcp_resilience.NotCallable` (``call(fn(x))`` for ``call(fn, x)``) are **neutral**: the
+   callee never ran.
 3. An exception matched by ``ignore`` is **neutral**.
 4. An exception matched by ``failure`` is a **failure**; any other exception is a **success** (the
    callee answered, for example "not found"), as resilience4j counts unrecorded exceptions.
@@ -25,7 +27,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
-from .errors import Rejected
+from .errors import NotCallable, Rejected
 
 __all__ = ("Classifier", "ExceptionMatcher", "Outcome", "ResultPredicate")
 
@@ -114,7 +116,7 @@ class Classifier:
 
     def of_exception(self, exc: BaseException) -> Outcome:
         """Classify a raised exception."""
-        if not isinstance(exc, Exception) or isinstance(exc, Rejected):
+        if not isinstance(exc, Exception) or isinstance(exc, (Rejected, NotCallable)):
             return Outcome.NEUTRAL
         if self._plain_failure:
             return Outcome.FAILURE

@@ -19,6 +19,7 @@ from contextvars import ContextVar
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from ._fused import fuse
+from .errors import not_callable
 from .validate import check_name
 
 __all__ = ("Pipeline", "Policy", "PolicyBase", "TaskLocalStack")
@@ -41,6 +42,17 @@ class Policy(Protocol):
         ...
 
 
+def check_decorated(fn: object, kind: str) -> None:
+    """Refuse what ``@kind`` cannot decorate: a plain (synchronous) function (``TypeError``), or
+    something that is not callable at all, such as a coroutine object
+    (:class:`~dwcp_resilience.NotCallable`, the coroutine closed). Every policy's decorator checks
+    here, once, when it decorates."""
+    if not callable(fn):
+        raise not_callable(fn)
+    if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
+        raise TypeError(f"@{kind} needs an async def, got {fn.__qualname__}")
+
+
 class PolicyBase:
     """Mixin giving a policy the decorator idiom on top of its ``call``."""
 
@@ -55,8 +67,7 @@ class PolicyBase:
         Raises:
             TypeError: if ``fn`` is a plain (synchronous) function.
         """
-        if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
-            raise TypeError(f"@{type(self).__name__} needs an async def, got {fn.__qualname__}")
+        check_decorated(fn, type(self).__name__)
         call = self.call
 
         @functools.wraps(fn)

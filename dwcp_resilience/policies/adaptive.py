@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 from ..core.clock import Clock
+from ..core.errors import not_callable
 from ..core.validate import check_int, check_number
 from .ratelimit import RateLimiter, RateLimiterStatistics
 
@@ -208,6 +209,8 @@ class AdaptiveRateLimiter(RateLimiter):
         Raises:
             RateLimited: if no token can be had within ``max_wait``; ``fn`` is not run.
         """
+        if not callable(fn):
+            raise not_callable(fn)
         await self.acquire()
         start = self._now()
         try:

@@ -45,7 +45,6 @@ hot path that is kept in one place on purpose.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import math
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -55,10 +54,10 @@ from typing import Any, ParamSpec, TypeVar
 from ..core._fused import Admission
 from ..core.clock import Clock, loop_time
 from ..core.context import current_deadline
-from ..core.errors import CircuitOpen, DeadlineExceeded
+from ..core.errors import CircuitOpen, DeadlineExceeded, not_callable
 from ..core.events import Event, Listeners
 from ..core.outcome import Classifier, ExceptionMatcher, Outcome, ResultPredicate
-from ..core.policy import PolicyBase, TaskLocalStack
+from ..core.policy import PolicyBase, TaskLocalStack, check_decorated
 from ..core.validate import check_name, check_number
 from .breaker_core import (
     CLOCK_SLACK,
@@ -476,6 +475,8 @@ class CircuitBreaker(PolicyBase):
             CircuitOpen: the breaker refused the call (the callee did not run).
             DeadlineExceeded: the per-call ``timeout`` fired (the callee was cancelled).
         """
+        if not callable(fn):
+            raise not_callable(fn)
         core = self._core
         epoch = core.route
         if epoch >= 0:  # CLOSED, consecutive mode: no clock, no allocation
@@ -508,8 +509,7 @@ class CircuitBreaker(PolicyBase):
         Raises:
             TypeError: if ``fn`` is a plain (synchronous) function.
         """
-        if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
-            raise TypeError(f"@CircuitBreaker needs an async def, got {fn.__qualname__}")
+        check_decorated(fn, "CircuitBreaker")
         core = self._core
         on_fast_success, fast_exception = core.on_fast_success, self._fast_exception
         rejecting, begin, name = self._rejecting, self._begin, self._name

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 from ..core._fused import WAIT, Admission
+from ..core.errors import not_callable
 from .breaker_core import CLOSED, BreakerCore
 from .ratelimit import RateLimiter
 
@@ -92,6 +93,8 @@ def _breaker_limiter(
     on_fast_success = core.on_fast_success
 
     async def call(fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        if not callable(fn):
+            raise not_callable(fn)
         ticket: object = core.route
         if ticket < 0:  # type: ignore[operator]  # the general path: may raise CircuitOpen
             ticket = enter()

@@ -25,7 +25,6 @@ once waited 0 s: they count in every bucket without reading the clock.
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Coroutine
@@ -35,8 +34,8 @@ from typing import Any, ParamSpec, TypeVar
 
 from ..core._fused import WAIT, Admission
 from ..core.clock import Clock, loop_time
-from ..core.errors import BulkheadFull
-from ..core.policy import PolicyBase
+from ..core.errors import BulkheadFull, not_callable
+from ..core.policy import PolicyBase, check_decorated
 from ..core.validate import check_name, check_number
 from ._park import park, wake
 from .bulkhead_core import WAITING, BulkheadCore, Permit
@@ -266,6 +265,8 @@ class Bulkhead(PolicyBase):
             BulkheadFull: ``reason="full"`` if no permit is free and the queue is full (or
                 ``max_queue`` is 0); ``reason="timeout"`` if ``max_wait`` ran out. ``fn`` is not run.
         """
+        if not callable(fn):
+            raise not_callable(fn)
         core = self._core
         if not core.try_enter():
             await self._wait()
@@ -282,8 +283,7 @@ class Bulkhead(PolicyBase):
         Raises:
             TypeError: if ``fn`` is a plain (synchronous) function.
         """
-        if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
-            raise TypeError(f"@Bulkhead needs an async def, got {fn.__qualname__}")
+        check_decorated(fn, "Bulkhead")
         try_enter, release, wait = self._core.try_enter, self._core.release, self._wait
 
         @functools.wraps(fn)

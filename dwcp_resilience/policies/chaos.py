@@ -32,7 +32,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 import anyio
 import anyio.lowlevel
 
-from ..core.errors import ResilienceError
+from ..core.errors import ResilienceError, not_callable
 from ..core.policy import PolicyBase
 from ..core.validate import check_name, check_number
 
@@ -215,6 +215,8 @@ class Chaos(PolicyBase):
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)``, or inject a fault instead (or a latency before it)."""
+        if not callable(fn):
+            raise not_callable(fn)
         flag = self._enabled
         if flag is False or (flag is not True and not flag()):
             return await fn(*args, **kwargs)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 from ..core.clock import Clock, loop_time
-from ..core.errors import RateLimited
+from ..core.errors import RateLimited, not_callable
 from ..core.validate import check_int, check_name, check_number
 from .ratelimit import RateLimiter
 from .ratelimit_core import TokenBucket
@@ -220,6 +220,8 @@ class KeyedRateLimiter:
         self, key: Hashable, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Take one token from ``key`` 's bucket, then run ``fn(*args, **kwargs)``."""
+        if not callable(fn):
+            raise not_callable(fn)
         await self.acquire(key)
         return await fn(*args, **kwargs)
 

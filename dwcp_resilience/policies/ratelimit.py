@@ -35,7 +35,6 @@ current rate).
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -45,8 +44,8 @@ from typing import Any, ParamSpec, TypeVar
 from ..core._fused import WAIT, Admission
 from ..core.clock import Clock, loop_time
 from ..core.context import deadline_var
-from ..core.errors import RateLimited
-from ..core.policy import PolicyBase
+from ..core.errors import RateLimited, not_callable
+from ..core.policy import PolicyBase, check_decorated
 from ..core.validate import check_name, check_number
 from ._park import park, wake
 from .ratelimit_core import DONE, QUEUED, REJECTED, Ticket, TokenBucket
@@ -302,6 +301,8 @@ class RateLimiter(PolicyBase):
         Raises:
             RateLimited: (when awaited) if no token can be had in time; ``fn`` is not run.
         """
+        if not callable(fn):
+            raise not_callable(fn)
         now = self._now()
         if self._bucket.take(1, now):
             return fn(*args, **kwargs)  # type: ignore[return-value]
@@ -323,8 +324,7 @@ class RateLimiter(PolicyBase):
         Raises:
             TypeError: if ``fn`` is a plain (synchronous) function.
         """
-        if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
-            raise TypeError(f"@RateLimiter needs an async def, got {fn.__qualname__}")
+        check_decorated(fn, "RateLimiter")
         read, take, wait = self._now, self._bucket.take, self._wait
 
         @functools.wraps(fn)

@@ -52,7 +52,6 @@ in its wrapper, so ``@retry`` adds one coroutine frame, like a hand-written ``tr
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast
@@ -60,7 +59,8 @@ from typing import Any, ParamSpec, TypeVar, cast
 import anyio
 
 from ..core.context import current_deadline
-from ..core.policy import PolicyBase
+from ..core.errors import not_callable
+from ..core.policy import PolicyBase, check_decorated
 from .retry_core import (
     TRANSIENT_ERRORS,
     RetryCore,
@@ -171,6 +171,8 @@ class Retry(RetryCore, PolicyBase):
             DeadlineExceeded: when the deadline has passed before the first attempt (only checked
                 with ``total_timeout`` or a budget; otherwise an enclosing ``Timeout`` enforces it).
         """
+        if not callable(fn):
+            raise not_callable(fn)
         failure: Exception
         if self._plain:
             try:
@@ -205,8 +207,7 @@ class Retry(RetryCore, PolicyBase):
         Raises:
             TypeError: if ``fn`` is a plain (synchronous) function.
         """
-        if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
-            raise TypeError(f"@{type(self).__name__} needs an async def, got {fn.__qualname__}")
+        check_decorated(fn, type(self).__name__)
         if not self._plain:
             return super().__call__(fn)
         retry = self

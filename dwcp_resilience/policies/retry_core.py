@@ -18,7 +18,7 @@ from datetime import timedelta
 
 from ..core.clock import Clock, loop_time
 from ..core.context import current_deadline
-from ..core.errors import DeadlineExceeded, Rejected
+from ..core.errors import DeadlineExceeded, NotCallable, Rejected
 from ..core.events import Event, Listeners
 from ..core.outcome import ExceptionMatcher, ResultPredicate, as_exception_predicate
 from ..core.validate import check_int, check_name, check_number
@@ -360,7 +360,7 @@ class RetryCore:
                 if not self._wait_rejected or hint is None or not 0.0 <= hint <= self._max_delay:
                     return REJECTED
                 delay = float(hint)
-            elif not self._retryable(exc):
+            elif isinstance(exc, NotCallable) or not self._retryable(exc):
                 return NOT_RETRYABLE
         if attempt >= self._max_attempts:
             return EXHAUSTED

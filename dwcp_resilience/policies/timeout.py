@@ -31,7 +31,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from ..core._runtime import LoopState, current_task, running
 from ..core.context import deadline_var
-from ..core.errors import DeadlineExceeded
+from ..core.errors import DeadlineExceeded, not_callable
 from ..core.policy import PolicyBase, TaskLocalStack
 from ..core.validate import check_name, check_number
 
@@ -211,6 +211,8 @@ class Timeout(PolicyBase):
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)``; raise ``DeadlineExceeded`` if our deadline fires first."""
         # The asyncio half of `_open`/`_close` without the scope object: the timeout's hot path.
+        if not callable(fn):
+            raise not_callable(fn)
         state = running()
         if state is None:
             return await self._call_trio(fn, *args, **kwargs)

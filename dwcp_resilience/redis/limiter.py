@@ -61,7 +61,7 @@ from typing import Literal, ParamSpec, TypeVar
 import anyio
 
 from ..core.context import current_deadline
-from ..core.errors import RateLimited
+from ..core.errors import RateLimited, not_callable
 from ..core.events import Event, Listeners
 from ..core.policy import PolicyBase
 from ..core.validate import check_int, check_name, check_number
@@ -399,6 +399,8 @@ class RedisRateLimiter(PolicyBase):
         Raises:
             RateLimited: if no token can be had in time; ``fn`` is not run.
         """
+        if not callable(fn):
+            raise not_callable(fn)
         if self._lease_left >= 1 and _monotonic() < self._lease_until:
             self._lease_left -= 1
             self.leased += 1

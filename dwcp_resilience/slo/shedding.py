@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
-from ..core.errors import Rejected
+from ..core.errors import Rejected, not_callable
 from ..core.policy import PolicyBase
 from ..core.validate import check_name, check_number
 from .degradation import DegradationLevel, DegradationManager
@@ -216,6 +216,8 @@ class LoadShedder(PolicyBase):
         Raises:
             LoadShed: when the call is shed.
         """
+        if not callable(fn):
+            raise not_callable(fn)
         if self.should_shed():
             raise LoadShed(self.name)
         return await fn(*args, **kwargs)
