@@ -26,7 +26,7 @@ $(BOOT):
 
 $(STAMP): $(BOOT) pyproject.toml $(LOCK)
 	$(UV) pip install -q --python $(PY) -r $(LOCK)
-	$(UV) pip install -q --python $(PY) --no-deps -C editable_mode=compat -e .
+	$(UV) pip install -q --python $(PY) --no-deps -e .
 	touch $@
 
 sysdeps:

@@ -66,6 +66,7 @@ from .policies.backoff import (
     RandomSource,
 )
 from .policies.breaker import (
+    BreakerOptions,
     BreakerRejected,
     BreakerState,
     BreakerStateChanged,
@@ -100,6 +101,7 @@ from .policies.retry import (
     Retry,
     RetryEvent,
     RetryGaveUp,
+    RetryOptions,
     RetryScheduled,
     RetryStatistics,
 )
@@ -133,6 +135,7 @@ from .slo.error_budget import (
     ErrorBudget,
     ErrorBudgetEvent,
     ErrorBudgetExhausted,
+    ErrorBudgetOptions,
     ErrorBudgetRecovered,
     ErrorBudgetStatistics,
 )
@@ -167,6 +170,7 @@ __all__ = (
     "AdaptiveRateLimiterStatistics",
     "Attempt",
     "Backoff",
+    "BreakerOptions",
     "BreakerRejected",
     "BreakerState",
     "BreakerStateChanged",
@@ -197,6 +201,7 @@ __all__ = (
     "ErrorBudget",
     "ErrorBudgetEvent",
     "ErrorBudgetExhausted",
+    "ErrorBudgetOptions",
     "ErrorBudgetRecovered",
     "ErrorBudgetStatistics",
     "ErrorFault",
@@ -250,6 +255,7 @@ __all__ = (
     "RetryBudgetStatistics",
     "RetryEvent",
     "RetryGaveUp",
+    "RetryOptions",
     "RetryScheduled",
     "RetryStatistics",
     "StackReport",

@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType, TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from ._lane import lane_for
 from ._stack import Components, Counts, Stack
@@ -49,14 +49,14 @@ from .core.errors import not_callable
 from .core.validate import check_name, check_number
 from .policies.adaptive import AdaptiveRateLimiter
 from .policies.backoff import ExponentialBackoff
-from .policies.breaker import CircuitBreaker
+from .policies.breaker import BreakerOptions, CircuitBreaker
 from .policies.bulkhead import Bulkhead
 from .policies.chaos import Chaos
 from .policies.ratelimit import RateLimiter
-from .policies.retry import Retry
+from .policies.retry import Retry, RetryOptions
 from .policies.timeout import Timeout
 from .slo.degradation import DegradationManager
-from .slo.error_budget import ErrorBudget
+from .slo.error_budget import ErrorBudget, ErrorBudgetOptions
 from .slo.health import HealthCheck, HealthMonitor
 from .slo.latency_budget import LatencyBudget
 
@@ -221,15 +221,15 @@ class ResilienceManager:
         self,
         name: str,
         max_failures: int = 5,
-        timeout: float | None = 30.0,
+        timeout: float | None = None,
         reset_timeout: float = 60.0,
-        **options: Any,
+        **options: Unpack[BreakerOptions],
     ) -> CircuitBreaker:
         """Register a breaker for operation ``name`` (Go: ``RegisterCircuitBreaker``).
 
-        ``timeout`` is the Go breaker's per-call timeout: it becomes the operation's attempt timeout
-        unless one is registered already (``None`` for none). ``options`` go to
-        :class:`~dwcp_resilience.CircuitBreaker`.
+        ``timeout`` is the Go breaker's per-call timeout: when given, it becomes the operation's
+        attempt timeout unless one is registered already (the default ``None`` adds no timeout;
+        the Go package's was 30 s). ``options`` go to :class:`~dwcp_resilience.CircuitBreaker`.
         """
         breaker = CircuitBreaker(
             name,
@@ -253,7 +253,7 @@ class ResilienceManager:
         max_delay: float = 10.0,
         multiplier: float = 2.0,
         jitter: bool = True,
-        **options: Any,
+        **options: Unpack[RetryOptions],
     ) -> Retry:
         """Register a retry policy with exponential backoff for ``name`` (Go: ``RegisterRetryPolicy``)."""
         retry = Retry(
@@ -270,9 +270,12 @@ class ResilienceManager:
         self._update(name, retry=retry)
         return retry
 
-    def register_rate_limiter(self, name: str, rps: float, burst: int) -> RateLimiter:
-        """Register a token bucket of ``rps`` tokens/s and ``burst`` for ``name``."""
-        limiter = RateLimiter(name, rate=rps, burst=burst, clock=self._clock)
+    def register_rate_limiter(
+        self, name: str, rate: float, burst: int, *, max_wait: float | None = None
+    ) -> RateLimiter:
+        """Register a token bucket of ``rate`` tokens/s and ``burst`` for ``name`` (arguments as
+        :class:`~dwcp_resilience.RateLimiter`'s)."""
+        limiter = RateLimiter(name, rate=rate, burst=burst, max_wait=max_wait, clock=self._clock)
         self._update(name, limiter=limiter)
         return limiter
 
@@ -326,7 +329,7 @@ class ResilienceManager:
         return chaos
 
     def register_error_budget(
-        self, name: str, slo: float, window: float = 3600.0, **options: Any
+        self, name: str, slo: float, window: float = 3600.0, **options: Unpack[ErrorBudgetOptions]
     ) -> ErrorBudget:
         """Register the error budget every call of ``name`` is recorded to."""
         budget = ErrorBudget(name, slo=slo, window=window, clock=self._clock, **options)

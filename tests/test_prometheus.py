@@ -678,7 +678,7 @@ def test_a_tracked_manager_is_read_whole_at_every_scrape() -> None:
         assert (
             registry.get_sample_value("dwcp_rate_limiter_current_rate", {"limiter": "recv"}) is None
         )
-        limiter = manager.register_rate_limiter("recv", rps=5.0, burst=2)
+        limiter = manager.register_rate_limiter("recv", rate=5.0, burst=2)
         collector.track(limiter)
         assert limiter.try_acquire()
         assert (

@@ -204,7 +204,7 @@ async def test_the_managers_lane_admits_exactly_the_burst(
     """The lane runs on the loop's clock (asyncio in virtual time: it stands still between
     sleeps); on trio the manager takes the chain, which must agree."""
     manager = ResilienceManager("m")
-    manager.register_rate_limiter("send", rps=rate, burst=burst)
+    manager.register_rate_limiter("send", rate=rate, burst=burst)
     lane = type(manager._stacks["send"]).__name__ == "_LaneStack"
     assert lane  # the manager runs this stack through its lane (on trio the lane takes the chain)
     starts: list[float] = []

@@ -843,7 +843,7 @@ async def test_a_raising_listener_changes_nothing(
         raise RuntimeError("listener bug")
 
     retry = Retry("r", backoff=NO_JITTER)
-    retry.listeners.add(broken)
+    retry.add_listener(broken)
     with caplog.at_level(logging.ERROR, logger="dwcp_resilience"):
         assert await retry.call(Flaky([ConnectionError()])) == "ok"
     assert "listener" in caplog.text

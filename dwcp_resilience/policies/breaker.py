@@ -49,7 +49,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import MappingProxyType, TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypedDict, TypeVar
 
 from ..core._fused import Admission
 from ..core.clock import Clock, loop_time
@@ -74,6 +74,7 @@ from .breaker_windows import DEFAULT_BUCKETS, CountWindow, LatencyHistogram, Tim
 from .timeout import Timeout
 
 __all__ = (
+    "BreakerOptions",
     "BreakerRejected",
     "BreakerState",
     "BreakerStateChanged",
@@ -91,6 +92,27 @@ _INF = math.inf
 _FAILURE, _SUCCESS, _NEUTRAL = Outcome.FAILURE, Outcome.SUCCESS, Outcome.NEUTRAL
 
 _new_exception = BaseException.__new__
+
+
+class BreakerOptions(TypedDict, total=False):
+    """The keyword options of :class:`CircuitBreaker` beyond the Go ones (``max_failures``,
+    ``reset_timeout``, ``timeout``) and ``clock``: what
+    :meth:`~dwcp_resilience.ResilienceManager.register_circuit_breaker` passes on, typed."""
+
+    half_open_max_calls: int
+    half_open_successes: int
+    failure: ExceptionMatcher
+    ignore: ExceptionMatcher | None
+    failure_result: ResultPredicate | None
+    window: CountWindow | TimeWindow | None
+    failure_rate_threshold: float | None
+    minimum_calls: int | None
+    slow_call_duration: float | None
+    slow_call_rate_threshold: float | None
+    half_open_max_wait: float | None
+    open_duration: Callable[[int], float] | None
+    record_latency: bool
+    listeners: Iterable[Callable[[Event], None]]
 
 
 # A fresh CircuitOpen per rejection (a shared one would grow its traceback on every raise), built
@@ -260,7 +282,8 @@ class CircuitBreaker(PolicyBase):
             slow_call_rate=slow / calls if calls else 0.0,
             half_open_probes=core.probes,
             half_open_successes=core.probe_successes,
-            opens=core.opens,
+            consecutive_opens=core.opens,
+            times_opened=sum(n for (_, to), n in core.state_changes.items() if to is OPEN),
             retry_after=core.retry_after(now) if state is OPEN else None,
             admitted=core.admitted + core.fast_successes,
             successes=core.successes + core.fast_successes,

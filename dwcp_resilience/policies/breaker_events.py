@@ -62,7 +62,10 @@ class BreakerStatistics:
     :ivar slow_call_rate: ``window_slow_calls / window_calls`` (0.0 when empty).
     :ivar half_open_probes: probes in flight (HALF_OPEN only).
     :ivar half_open_successes: probe successes so far in this HALF_OPEN period.
-    :ivar opens: openings in a row since the breaker was last CLOSED (the open-duration argument).
+    :ivar consecutive_opens: openings in a row since the breaker was last CLOSED (the argument of
+        ``open_duration``; back to 0 when it closes).
+    :ivar times_opened: openings since the breaker was made, manual ones included (every
+        ``state_changes`` entry into OPEN).
     :ivar retry_after: seconds until OPEN ends (``None`` if not OPEN, or forced open).
     :ivar admitted: calls admitted.
     :ivar successes: successes recorded (``requests_total{result="success"}``).
@@ -94,7 +97,8 @@ class BreakerStatistics:
     slow_call_rate: float
     half_open_probes: int
     half_open_successes: int
-    opens: int
+    consecutive_opens: int
+    times_opened: int
     retry_after: float | None
     admitted: int
     successes: int

@@ -66,6 +66,7 @@ from .retry_core import (
     RetryCore,
     RetryEvent,
     RetryGaveUp,
+    RetryOptions,
     RetryScheduled,
     RetryStatistics,
 )
@@ -75,6 +76,7 @@ __all__ = (
     "Retry",
     "RetryEvent",
     "RetryGaveUp",
+    "RetryOptions",
     "RetryScheduled",
     "RetryStatistics",
     "TRANSIENT_ERRORS",

@@ -15,6 +15,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypedDict
 
 from ..core.clock import Clock, loop_time
 from ..core.context import current_deadline
@@ -32,6 +33,7 @@ __all__ = (
     "RetryCore",
     "RetryEvent",
     "RetryGaveUp",
+    "RetryOptions",
     "RetryScheduled",
     "RetryStatistics",
     "TRANSIENT_ERRORS",
@@ -159,6 +161,22 @@ def _hint_seconds(source: object) -> float | None:
     return seconds if seconds > 0.0 else 0.0
 
 
+class RetryOptions(TypedDict, total=False):
+    """The keyword options of :class:`~dwcp_resilience.Retry` beyond ``max_retries`` and
+    ``backoff``: what :meth:`~dwcp_resilience.ResilienceManager.register_retry_policy` passes on,
+    typed."""
+
+    retry_on: ExceptionMatcher
+    retry_on_result: ResultPredicate | None
+    rng: RandomSource | None
+    total_timeout: float | None
+    budget: RetryBudget | None
+    wait_rejected: bool
+    respect_retry_after: bool
+    clock: Clock | None
+    listeners: Iterable[Callable[[RetryEvent], None]]
+
+
 class RetryCore:
     """Configuration, counters and decisions of a retry policy (see :class:`Retry` for the args).
 
@@ -178,6 +196,7 @@ class RetryCore:
         "_first_interrupted",
         "_first_ok",
         "_later_ok",
+        "_listeners",
         "_max_attempts",
         "_max_delay",
         "_name",
@@ -189,7 +208,6 @@ class RetryCore:
         "_rng",
         "_total_timeout",
         "_wait_rejected",
-        "listeners",
     )
 
     def __init__(
@@ -241,7 +259,7 @@ class RetryCore:
         if clock is not None and not callable(clock):
             raise TypeError("clock must be a zero-argument callable returning seconds")
         self._clock: Clock = loop_time if clock is None else clock
-        self.listeners: Listeners[RetryEvent] = Listeners(listeners)
+        self._listeners: Listeners[RetryEvent] = Listeners(listeners)
         # The plain success path: no clock (no time cap, no budget) and no result predicate.
         self._plain = self._total_timeout == _INF and budget is None and retry_on_result is None
         # First attempts are counted by how they ended, so the success path does one increment.
@@ -339,6 +357,14 @@ class RetryCore:
             _log.exception("retry_on_result predicate of %r raised; not retrying", self._name)
             return False
 
+    def add_listener(self, listener: Callable[[RetryEvent], None]) -> None:
+        """Register a listener for :class:`RetryScheduled` and :class:`RetryGaveUp` events."""
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener: Callable[[RetryEvent], None]) -> None:
+        """Unregister a listener (``ValueError`` if it was not registered)."""
+        self._listeners.remove(listener)
+
     def _plan(  # noqa: PLR0917 - internal, called positionally on the failure path
         self,
         attempt: int,
@@ -384,18 +410,18 @@ class RetryCore:
         self._retries += 1
         self._backoff_counts[bisect_left(BACKOFF_BUCKETS, delay)] += 1
         self._backoff_sum += delay
-        if self.listeners:
+        if self._listeners:
             kind = None if exc is None else type(exc)
-            self.listeners.emit(RetryScheduled(self._name, now, attempt, kind, delay))
+            self._listeners.emit(RetryScheduled(self._name, now, attempt, kind, delay))
 
     def _gave_up(self, attempt: int, exc: Exception | None, reason: str, now: float) -> None:
         self._failures[reason] += 1
         if exc is not None:
             plural = "attempt" if attempt == 1 else "attempts"
             exc.add_note(f"Retry {self._name!r} gave up after {attempt} {plural} ({reason})")
-        if self.listeners:
+        if self._listeners:
             kind = None if exc is None else type(exc)
-            self.listeners.emit(RetryGaveUp(self._name, now, attempt, kind, reason))
+            self._listeners.emit(RetryGaveUp(self._name, now, attempt, kind, reason))
 
     def _count_attempt(self, attempt: int) -> None:
         slots = self._attempts

@@ -220,6 +220,10 @@ class DegradationManager:
         """Call ``listener`` inline on every change of the overall level."""
         self._listeners.add(listener)
 
+    def remove_listener(self, listener: Callable[[LevelChanged], None]) -> None:
+        """Unregister a listener (``ValueError`` if it was not registered)."""
+        self._listeners.remove(listener)
+
     # --- levels --------------------------------------------------------------------------------
 
     @property

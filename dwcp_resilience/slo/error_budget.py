@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ..core.clock import Clock, loop_time
 from ..core.events import Event, Listeners
@@ -46,6 +47,7 @@ __all__ = (
     "ErrorBudget",
     "ErrorBudgetEvent",
     "ErrorBudgetExhausted",
+    "ErrorBudgetOptions",
     "ErrorBudgetRecovered",
     "ErrorBudgetStatistics",
 )
@@ -124,6 +126,16 @@ class ErrorBudgetStatistics:
     lifetime_total: int
     lifetime_failed: int
     burn_rates: tuple[BurnRateStatus, ...]
+
+
+class ErrorBudgetOptions(TypedDict, total=False):
+    """The keyword options of :class:`ErrorBudget` beyond ``slo``, ``window`` and ``clock``: what
+    :meth:`~dwcp_resilience.ResilienceManager.register_error_budget` passes on, typed."""
+
+    min_requests: int
+    bucket: float | None
+    burn_alerts: Iterable[BurnRateAlert]
+    listeners: Iterable[Callable[[ErrorBudgetEvent], None]]
 
 
 class ErrorBudget:
