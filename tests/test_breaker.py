@@ -831,3 +831,33 @@ async def test_sleeping_exactly_retry_after_gets_a_probe(anyio_backend: Any) -> 
         except CircuitOpen:
             rejected += 1
     assert rejected == 0
+
+
+@pytest.mark.virtual_time
+async def test_end_open_period_probes_at_once_and_keeps_the_backoff(anyio_backend: Any) -> None:
+    recorder: RecordingListener[Event] = RecordingListener()
+    breaker = CircuitBreaker(
+        "db",
+        max_failures=1,
+        half_open_successes=1,
+        open_duration=lambda n: 10.0 * n,
+        listeners=[recorder],
+    )
+    assert not breaker.end_open_period()  # CLOSED: nothing to end
+    await trip(breaker, 1)
+    assert breaker.end_open_period("health_check")
+    assert breaker.state is HALF_OPEN
+    await trip(breaker, 1)  # the early probe fails: the next, longer, period
+    with pytest.raises(CircuitOpen) as info:
+        await breaker.call(ok)
+    assert info.value.retry_after == pytest.approx(20.0)
+    assert breaker.end_open_period()
+    assert await breaker.call(ok) == "ok"  # the probe succeeds: CLOSED, backoff forgotten
+    assert breaker.state is CLOSED
+    assert breaker.statistics().consecutive_opens == 0
+    assert (OPEN, HALF_OPEN, "health_check") in transitions(recorder)
+    breaker.force_open()
+    assert not breaker.end_open_period()  # an isolation stays until reset()
+    assert breaker.state is OPEN
+    with pytest.raises(ValueError):
+        breaker.end_open_period("")

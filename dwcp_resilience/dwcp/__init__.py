@@ -31,7 +31,9 @@ from .errors import (
     UnexpectedFrame,
     UnknownType,
     UnsupportedVersion,
+    is_repeat_fault,
     is_retryable,
+    mark_repeat_fault,
 )
 from .faults import Bandwidth, Drop, Fault, Latency, ResetPeer, Slicer, Stall
 from .mailbox import Mailboxes, StoredMessage, StoreResult
@@ -98,6 +100,8 @@ __all__ = (
     "UnknownType",
     "UnsupportedVersion",
     "encode_frame",
+    "is_repeat_fault",
     "is_retryable",
+    "mark_repeat_fault",
     "new_message_id",
 )

@@ -8,11 +8,12 @@ names and defaults (:class:`DWCPResilienceConfig`):
 operation                    protections (Go defaults)
 ===========================  =================================================================
 ``network-send``             bulkhead 100/50/5 s, retry 3 x (0.1 s .. 10 s, x2, jitter),
-                             breaker 5 failures / 30 s attempt timeout / 60 s reset,
+                             breaker 5 failures / 30 s attempt timeout / open 0.25 s
+                             doubling to 2 s (Go: a fixed 60 s reset),
                              token bucket 1000/s burst 100, error budget 99.9 % / 24 h,
                              latency budget p95 <= 100 ms
-``network-receive``          bulkhead, retry, breaker 5 / 30 s / 60 s
-``peer-discovery``           retry, breaker ``max_failures // 2`` / 30 s / 60 s
+``network-receive``          bulkhead, retry, breaker 5 / 30 s / 0.25 s .. 2 s
+``peer-discovery``           retry, breaker ``max_failures // 2`` / 30 s / 0.25 s .. 2 s
 ``concurrent-connections``   bulkhead 100/50/5 s, connect timeout
 ===========================  =================================================================
 
@@ -29,11 +30,25 @@ Delivery guarantees:
 
 After any failed attempt the connection it used is closed and the next attempt reconnects: a
 stalled or half-broken connection is never reused.
+
+Recovery after a peer restart takes seconds, not minutes, without hammering a dead peer:
+
+- **One fault per connection.** Many requests share one connection; when it breaks they all fail
+  at once. Only the first failure per connection counts in the breakers; the others are neutral
+  (still retried). A peer killed under 16 concurrent requests is one failure, not sixteen.
+- **Short, growing open periods.** An opened breaker stays open ``circuit_reset_initial``
+  (0.25 s), doubling at every opening in a row up to ``circuit_reset_time`` (2 s): a dead peer
+  sees at most one probe per breaker every 2 s, and a peer that returns is used again within 2 s.
+  ``circuit_reset_initial = circuit_reset_time = 60.0`` is the Go package's fixed 60 s.
+- **Health checks probe early.** When the ping check of a peer succeeds, every open breaker of
+  this client ends its open period (:meth:`~dwcp_resilience.CircuitBreaker.end_open_period`): the
+  next call is a half-open probe, without waiting for the rest of the open period.
 """
 
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -48,7 +63,7 @@ from ..core.errors import DeadlineExceeded
 from ..core.validate import check_int, check_name, check_number
 from ..manager import ResilienceManager, ResilienceSnapshot
 from ..slo.checks import PingCheck
-from .errors import ConnectFailed, is_retryable
+from .errors import ConnectFailed, is_repeat_fault, is_retryable, mark_repeat_fault
 from .protocol import Delivery, PeerInfo, new_message_id
 from .transport import DWCPConnection
 
@@ -65,24 +80,37 @@ def _failure(exc: BaseException) -> bool:
     return is_retryable(exc) or isinstance(exc, TimeoutError)
 
 
+def _open_periods(initial: float, longest: float) -> Callable[[int], float]:
+    """A breaker's open period after ``n`` openings in a row: ``initial``, doubling to ``longest``."""
+
+    def open_duration(n: int) -> float:
+        return min(longest, initial * 2.0 ** min(n - 1, 64))
+
+    return open_duration
+
+
 @dataclass(frozen=True, slots=True)
 class DWCPResilienceConfig:
     """The Go ``DWCPResilienceConfig`` (same defaults), plus what a real client needs.
 
-    Attributes (Go): max_failures 5, circuit_timeout 30 s (per attempt), circuit_reset_time 60 s,
-    max_retries 3, initial_retry_delay 0.1 s, max_retry_delay 10 s, retry_multiplier 2.0,
-    health_check_interval 10 s, health_check_timeout 5 s (used here, unlike Go),
+    Attributes (Go): max_failures 5, circuit_timeout 30 s (per attempt), circuit_reset_time (the
+    longest open period: 2 s here, Go's fixed 60 s), max_retries 3, initial_retry_delay 0.1 s,
+    max_retry_delay 10 s, retry_multiplier 2.0, health_check_interval 10 s,
+    health_check_timeout 5 s (used here, unlike Go),
     requests_per_second 1000, burst_size 100, max_concurrent 100, max_queue_size 50,
     max_wait_time 5 s. Added: ``node_id`` (this client's mailbox name), ``peers`` ("host:port"; the
     first is the default peer), ``connect_timeout``, ``operation_deadline`` (total seconds per
-    operation, ``None`` for none), ``availability_slo``/``latency_target``.
+    operation, ``None`` for none), ``availability_slo``/``latency_target``,
+    ``circuit_reset_initial`` (the first open period, doubling at each opening in a row up to
+    ``circuit_reset_time``; set both to 60.0 for the Go behaviour).
     """
 
     node_id: str = "client"
     peers: tuple[str, ...] = ()
     max_failures: int = 5
     circuit_timeout: float = 30.0
-    circuit_reset_time: float = 60.0
+    circuit_reset_time: float = 2.0
+    circuit_reset_initial: float = 0.25
     max_retries: int = 3
     initial_retry_delay: float = 0.1
     max_retry_delay: float = 10.0
@@ -115,6 +143,7 @@ class DWCPResilienceConfig:
         for name in (
             "circuit_timeout",
             "circuit_reset_time",
+            "circuit_reset_initial",
             "max_retry_delay",
             "max_wait_time",
             "health_check_interval",
@@ -137,6 +166,11 @@ class DWCPResilienceConfig:
         if self.operation_deadline is not None:
             check_number(
                 self.operation_deadline, "operation_deadline", min_value=0.0, allow_zero=False
+            )
+        if self.circuit_reset_initial > self.circuit_reset_time:
+            raise ValueError(
+                f"circuit_reset_initial ({self.circuit_reset_initial}) must not exceed "
+                f"circuit_reset_time ({self.circuit_reset_time})"
             )
 
 
@@ -170,6 +204,8 @@ class DWCPResilientClient:
             health_timeout=config.health_check_timeout,
         )
         self._connections: dict[str, DWCPConnection] = {}
+        # Connections whose failure an operation's breaker has counted already (one fault each).
+        self._faulted: weakref.WeakSet[DWCPConnection] = weakref.WeakSet()
         # send_message's fast path: the default peer, the node id, the operation's context
         self._default = config.peers[0] if config.peers else ""
         self._node = config.node_id
@@ -206,6 +242,8 @@ class DWCPResilientClient:
                 c.circuit_timeout,
                 c.circuit_reset_time,
                 failure=_failure,
+                ignore=is_repeat_fault,
+                open_duration=_open_periods(c.circuit_reset_initial, c.circuit_reset_time),
                 record_latency=True,
             )
         rm.register_rate_limiter(SEND, c.requests_per_second, c.burst_size)
@@ -226,9 +264,17 @@ class DWCPResilientClient:
             except BaseException:
                 await self._discard(address, conn)
                 raise
+            self._probe_early()
             return True
 
         return ping
+
+    def _probe_early(self) -> None:
+        """A peer answered a health check: end every open period, so the next call probes."""
+        for operation in (SEND, RECEIVE, DISCOVER):
+            breaker = self.manager.circuit_breaker(operation)
+            if breaker is not None:
+                breaker.end_open_period("health_check")
 
     def _peer(self, peer: str | None) -> str:
         if peer is not None:
@@ -272,9 +318,19 @@ class DWCPResilientClient:
         self._connections[address] = conn
         return conn
 
-    async def _discard(self, address: str, conn: DWCPConnection) -> None:
+    async def _discard(
+        self, address: str, conn: DWCPConnection, exc: BaseException | None = None
+    ) -> None:
+        """Close ``conn`` after a failed request. An operation's failure ``exc`` after the first
+        one on the same connection is the same fault seen by another request: it is marked so,
+        and the breakers do not count it again (``exc=None``: a health check, counted nowhere)."""
         if self._connections.get(address) is conn:
             del self._connections[address]
+        if isinstance(exc, Exception):
+            if conn in self._faulted:
+                mark_repeat_fault(exc)
+            else:
+                self._faulted.add(conn)
         with anyio.CancelScope(shield=True):
             await conn.aclose()
 
@@ -284,8 +340,8 @@ class DWCPResilientClient:
         conn = await self._connection(address)
         try:
             return await action(conn)
-        except BaseException:
-            await self._discard(address, conn)
+        except BaseException as exc:
+            await self._discard(address, conn, exc)
             raise
 
     # --- operations -----------------------------------------------------------------------------
@@ -324,8 +380,8 @@ class DWCPResilientClient:
             conn = await self._connection(address)
         try:
             await conn.send(recipient, body, sender=self._node, message_id=mid)
-        except BaseException:
-            await self._discard(address, conn)
+        except BaseException as exc:
+            await self._discard(address, conn, exc)
             raise
         self.sent += 1  # here, not in send_message: it has no frame of its own
         return mid

@@ -49,7 +49,9 @@ __all__ = (
     "UnexpectedFrame",
     "UnknownType",
     "UnsupportedVersion",
+    "is_repeat_fault",
     "is_retryable",
+    "mark_repeat_fault",
 )
 
 
@@ -192,3 +194,18 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, PeerError):
         return exc.retryable
     return False
+
+
+_REPEAT = "_dwcp_repeat_fault"
+
+
+def mark_repeat_fault(exc: Exception) -> None:
+    """Mark ``exc`` as a repeat of a fault already counted: another request on the same connection
+    failed first (a connection shared by many requests fails them all at once)."""
+    setattr(exc, _REPEAT, True)
+    exc.add_note("(the same connection failure as an earlier request: counted once)")
+
+
+def is_repeat_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` was marked by :func:`mark_repeat_fault` (a breaker's ``ignore=``)."""
+    return getattr(exc, _REPEAT, False) is True

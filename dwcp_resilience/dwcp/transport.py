@@ -103,6 +103,7 @@ class DWCPConnection:
     """
 
     __slots__ = (
+        "__weakref__",
         "_broken",
         "_bytes_received",
         "_bytes_sent",
@@ -202,6 +203,8 @@ class DWCPConnection:
         broken = self._broken
         if broken is not None:
             fresh = copy.copy(broken)  # a fresh instance per raise; the first one is the cause
+            # copy.copy shares the instance dict's values: each raise gets its own notes.
+            vars(fresh).pop("__notes__", None)
             raise fresh from broken
 
     # -- requests ------------------------------------------------------------------------------------

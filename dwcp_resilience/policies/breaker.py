@@ -333,6 +333,18 @@ class CircuitBreaker(PolicyBase):
         """Isolate: reject every call (``retry_after=None``) until :meth:`reset`."""
         self._core.force_open(self._now())
 
+    def end_open_period(self, reason: str = "probe_early") -> bool:
+        """End the open period now: the breaker goes HALF_OPEN and its next calls are probes.
+
+        For a health check that saw the protected service answer again: traffic resumes as soon
+        as the service is back instead of after the rest of ``reset_timeout``, and only the usual
+        half-open probes are risked. Does nothing, and returns ``False``, unless the breaker is
+        OPEN by a trip (a ``force_open()`` isolation stays until ``reset()``). A failing probe
+        reopens it for the next ``open_duration``.
+        """
+        check_name(reason, "reason")
+        return self._core.end_open_period(self._now(), reason)
+
     def trip(self, reason: str = "tripped") -> None:
         """Open now, as if the breaker had tripped itself: calls are rejected with ``retry_after``
         until the open period (``reset_timeout`` or ``open_duration``) ends, then half-open probes

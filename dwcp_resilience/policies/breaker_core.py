@@ -310,6 +310,18 @@ class BreakerCore:
         self.disabled = False
         self._enter(OPEN, now, reason)
 
+    def end_open_period(self, now: float, reason: str) -> bool:
+        """End a running open period now: HALF_OPEN, so the next calls are probes that decide.
+
+        Only from OPEN by a trip (an isolation by ``force_open`` stays); ``False`` otherwise. The
+        consecutive-openings count is kept, so a probe that fails opens for the next, longer,
+        ``open_duration``.
+        """
+        if self.state is not OPEN or self.isolated:
+            return False
+        self._enter(HALF_OPEN, now, reason)
+        return True
+
     def disable(self, now: float) -> None:
         """Manual: CLOSED and admitting every call; outcomes are counted but never trip it."""
         self.disabled = True
