@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import count
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 import anyio
 import anyio.abc
@@ -268,6 +268,7 @@ class DWCPConnection:
                 try:
                     self._decoder.eof()
                 except ProtocolError as cut:
+                    await self._abort(cut)
                     raise self._fail(cut) from exc
                 raise self._fail(ConnectionClosed("the peer closed the connection")) from exc
             except (anyio.BrokenResourceError, OSError) as exc:
@@ -282,6 +283,7 @@ class DWCPConnection:
                 while (frame := decoder.next_frame()) is not None:
                     self._dispatch(frame)
             except ProtocolError as exc:
+                await self._abort(exc)
                 raise self._fail(exc) from None
 
     def _dispatch(self, frame: Frame) -> None:
@@ -299,7 +301,7 @@ class DWCPConnection:
         if reply.type is expected:
             return reply
         if reply.type is MessageType.ERROR:
-            code, detail = self._decoded(decode_error, reply.payload)
+            code, detail = decode_error(reply.payload)  # a ProtocolError if malformed
             raise PeerError(code, detail)
         exc = UnexpectedFrame(f"expected {expected.name}, got {reply.type.name}")
         raise self._fail(exc)
@@ -309,7 +311,7 @@ class DWCPConnection:
     async def hello(self, node_id: str, address: str = "") -> PeerInfo:
         """Introduce ourselves (``address``: where we serve, empty for a client); get the peer's."""
         reply = await self.request(MessageType.HELLO, encode_hello(node_id, address))
-        return self._decoded(decode_hello, self._expect(reply, MessageType.HELLO).payload)
+        return await self._answer(reply, MessageType.HELLO, decode_hello)
 
     async def send(
         self, recipient: str, body: bytes, *, sender: str = "", message_id: bytes | None = None
@@ -320,38 +322,76 @@ class DWCPConnection:
         """
         payload = encode_send(recipient, sender, body)
         reply = await self.request(MessageType.SEND, payload, message_id=message_id)
-        return bool(self._expect(reply, MessageType.ACK).flags & FLAG_DUPLICATE)
+        if reply.type is MessageType.ACK:  # the hot path: no helper call
+            return bool(reply.flags & FLAG_DUPLICATE)
+        await self._answer(reply, MessageType.ACK)
+        raise AssertionError("unreachable: _answer raises for any frame but ACK")
 
     async def receive(self, node_id: str) -> Delivery | None:
         """The oldest message waiting for ``node_id`` (``None`` if none). Acknowledge it with
         :meth:`ack` once handled; until then the peer hands it out again if this connection drops."""
         reply = await self.request(MessageType.RECEIVE, encode_receive(node_id))
-        reply = self._expect(reply, MessageType.DELIVER)
-        return self._decoded(decode_deliver, reply.payload, reply.flags)
+        return await self._answer(reply, MessageType.DELIVER, decode_deliver, with_flags=True)
 
     async def ack(self, node_id: str, message_id: bytes) -> None:
         """Acknowledge a delivered message: the peer forgets it (idempotent)."""
         reply = await self.request(MessageType.DELIVER_ACK, encode_deliver_ack(node_id, message_id))
-        self._expect(reply, MessageType.ACK)
+        await self._answer(reply, MessageType.ACK)
 
     async def discover(self) -> tuple[PeerInfo, ...]:
         """The peers this peer knows: its seeds and those that said hello."""
         reply = await self.request(MessageType.DISCOVER)
-        return self._decoded(decode_peers, self._expect(reply, MessageType.PEERS).payload)
+        return await self._answer(reply, MessageType.PEERS, decode_peers)
 
     async def ping(self, data: bytes = b"") -> float:
         """Round trip of a PING; returns the seconds it took on the loop clock."""
         start = loop_time()
         reply = await self.request(MessageType.PING, data)
-        if self._expect(reply, MessageType.PONG).payload != data:
-            raise self._fail(UnexpectedFrame("PONG does not echo the PING"))
+        pong = await self._answer(reply, MessageType.PONG)
+        if pong.payload != data:
+            exc = UnexpectedFrame("PONG does not echo the PING")
+            await self._abort(exc)
+            raise self._fail(exc)
         return loop_time() - start
 
-    def _decoded(self, decode: Callable[..., T], *args: object) -> T:
+    @overload
+    async def _answer(self, reply: Frame, expected: MessageType) -> Frame: ...
+
+    @overload
+    async def _answer(
+        self,
+        reply: Frame,
+        expected: MessageType,
+        decode: Callable[..., T],
+        *,
+        with_flags: bool = False,
+    ) -> T: ...
+
+    async def _answer(
+        self,
+        reply: Frame,
+        expected: MessageType,
+        decode: Callable[..., Any] | None = None,
+        *,
+        with_flags: bool = False,
+    ) -> Any:
+        """``reply`` if it is the ``expected`` frame (decoded by ``decode``). An ERROR answer raises
+        :class:`PeerError` (the connection stays usable); anything else, or a payload that does not
+        decode, is a protocol error: the connection is broken and its socket closed."""
         try:
-            return decode(*args)
+            reply = self._expect(reply, expected)
+            if decode is None:
+                return reply
+            return decode(reply.payload, reply.flags) if with_flags else decode(reply.payload)
         except ProtocolError as exc:
+            await self._abort(exc)
             raise self._fail(exc) from None
+
+    async def _abort(self, exc: ProtocolError) -> None:
+        """A protocol error breaks the connection: mark it, and close the socket at once (the peer
+        sees end of stream; nothing after a bad frame can be trusted)."""
+        self._fail(exc)
+        await anyio.aclose_forcefully(self._stream)
 
     # -- lifetime ------------------------------------------------------------------------------------
 
