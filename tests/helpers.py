@@ -14,6 +14,7 @@ default ``prepend`` import mode), as for ``from conftest import LaneFallbacks``.
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,7 @@ import pytest
 import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
-from dwcp_resilience.dwcp.protocol import MAGIC
+from dwcp_resilience.dwcp.protocol import MAGIC, VERSION
 
 __all__ = (
     "ID",
@@ -65,9 +66,17 @@ def names(samples: Samples) -> set[str]:
 ID = bytes(range(16))
 
 
-def header(type_: int, length: int, *, magic: bytes = MAGIC, version: int = 1) -> bytes:
-    """A raw 32-byte frame header with message id :data:`ID`: any type, length, magic or version."""
-    return struct.pack(">4sBBH16sQ", magic, version, type_, 0, ID, length)
+def header(type_: int, length: int, *, magic: bytes = MAGIC, version: int = VERSION) -> bytes:
+    """A raw frame header with message id :data:`ID` and a valid header checksum: any type,
+    length, magic or version (a payload sent after it needs its own checksum, see
+    :func:`with_crc`)."""
+    head = struct.pack(">4sBBH16sQI", magic, version, type_, 0, ID, length, 0)
+    return head + struct.pack(">I", zlib.crc32(head))
+
+
+def with_crc(payload: bytes) -> bytes:
+    """``payload`` followed by its checksum, as it follows a header on the wire."""
+    return payload + struct.pack(">I", zlib.crc32(payload))
 
 
 # -- waiting ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ end of stream at once, without ``aclose()``. Real TCP on loopback, every backend
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -20,7 +21,7 @@ from dwcp_resilience.dwcp import (
     UnexpectedFrame,
     encode_frame,
 )
-from dwcp_resilience.dwcp.protocol import HEADER_SIZE, MAGIC
+from dwcp_resilience.dwcp.protocol import HEADER_SIZE, MAGIC, VERSION
 
 pytestmark = pytest.mark.anyio
 
@@ -31,7 +32,8 @@ Reply = Callable[[bytes], bytes]
 
 
 def too_large(request: bytes) -> bytes:
-    return struct.pack(">4sBBH16sQ", MAGIC, 1, MessageType.ACK, 0, request[8:24], 1 << 63)
+    head = struct.pack(">4sBBH16sQI", MAGIC, VERSION, MessageType.ACK, 0, request[8:24], 1 << 63, 0)
+    return head + struct.pack(">I", zlib.crc32(head))
 
 
 def wrong_type(request: bytes) -> bytes:

@@ -279,6 +279,12 @@ async def test_serve_in_a_task_group() -> None:
 
 GOOD_PING = encode_frame(MessageType.PING, ID, b"hi")
 
+
+def flipped(data: bytes, offset: int) -> bytes:
+    """``data`` with one bit of byte ``offset`` flipped (what a corrupting middlebox does)."""
+    return data[:offset] + bytes([data[offset] ^ 0x01]) + data[offset + 1 :]
+
+
 BAD_INPUTS = [
     # id, bytes, end with EOF?, expected code, ERROR addressed to the frame's id?
     ("garbage", b"\x00\xffgarbage!" * 8, False, ErrorCode.BAD_FRAME, False),
@@ -289,10 +295,12 @@ BAD_INPUTS = [
     ("partial-header-eof", GOOD_PING[:20], True, ErrorCode.INCOMPLETE_FRAME, False),
     ("partial-body-eof", header(MessageType.SEND, 100) + b"x" * 50, True, ErrorCode.INCOMPLETE_FRAME, False),
     ("unknown-type", header(99, 0), False, ErrorCode.UNKNOWN_TYPE, True),
-    ("version-2", header(MessageType.PING, 0, version=2), False, ErrorCode.UNSUPPORTED_VERSION, True),
+    ("version-1", header(MessageType.PING, 0, version=1), False, ErrorCode.UNSUPPORTED_VERSION, True),
     ("reply-as-request", encode_frame(MessageType.ACK, ID), False, ErrorCode.UNEXPECTED_FRAME, True),
     ("bad-payload", encode_frame(MessageType.SEND, ID, b"\x05ab"), False, ErrorCode.BAD_PAYLOAD, True),
     ("good-then-garbage", GOOD_PING + b"\xde\xad" * 20, False, ErrorCode.BAD_FRAME, False),
+    ("corrupt-header", flipped(GOOD_PING, 30), False, ErrorCode.BAD_CHECKSUM, False),
+    ("corrupt-payload", flipped(GOOD_PING, HEADER_SIZE), False, ErrorCode.BAD_CHECKSUM, True),
 ]  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import zlib
 
 import pytest
 from helpers import ID, header
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from dwcp_resilience.core.errors import ResilienceError
 from dwcp_resilience.dwcp.errors import (
+    BadChecksum,
     BadMagic,
     BadPayload,
     ConnectFailed,
@@ -31,11 +33,13 @@ from dwcp_resilience.dwcp.errors import (
     is_retryable,
 )
 from dwcp_resilience.dwcp.protocol import (
+    CHECKSUM_SIZE,
     DEFAULT_MAX_PAYLOAD,
     FLAG_EMPTY,
     FLAG_REDELIVERED,
     HEADER_SIZE,
     MAGIC,
+    VERSION,
     Delivery,
     Frame,
     FrameDecoder,
@@ -85,15 +89,36 @@ def decode_in_pieces(
 # -- round trips ---------------------------------------------------------------------------------
 
 
-def test_header_is_32_bytes_and_starts_with_magic() -> None:
+def test_header_is_40_bytes_with_its_checksum_then_the_payload_and_its_checksum() -> None:
     data = encode_frame(MessageType.PING, ID, b"abc", 5)
-    assert len(data) == HEADER_SIZE + 3 == 35
+    assert len(data) == HEADER_SIZE + 3 + CHECKSUM_SIZE == 47
     assert data[:4] == b"DWCP"
-    assert data[4] == 1
+    assert data[4] == VERSION == 2
     assert data[5] == MessageType.PING
     assert struct.unpack(">H", data[6:8]) == (5,)
     assert data[8:24] == ID
     assert struct.unpack(">Q", data[24:32]) == (3,)
+    assert struct.unpack(">I", data[36:40]) == (zlib.crc32(data[:36]),)
+    assert data[40:43] == b"abc"
+    assert struct.unpack(">I", data[43:]) == (zlib.crc32(b"abc"),)
+    assert len(encode_frame(MessageType.PING, ID)) == HEADER_SIZE  # no payload, no payload crc
+
+
+@pytest.mark.parametrize("offset", range(47))
+def test_any_flipped_byte_is_caught(offset: int) -> None:
+    data = bytearray(encode_frame(MessageType.SEND, ID, b"abc"))
+    data[offset] ^= 0x10
+    with pytest.raises(ProtocolError) as info:
+        FrameDecoder().frames(bytes(data))
+    if offset < 4:
+        assert isinstance(info.value, BadMagic)
+    elif offset == 4:
+        assert isinstance(info.value, UnsupportedVersion)
+    else:
+        assert isinstance(info.value, BadChecksum)
+        assert info.value.code is ErrorCode.BAD_CHECKSUM
+        # A header checksum failure names no frame: its id may be the corrupted part.
+        assert info.value.message_id == (ID if offset >= HEADER_SIZE else None)
 
 
 @given(frames_st)
@@ -207,7 +232,15 @@ def test_magic_prefix_waits_for_more() -> None:
 
 def test_unsupported_version_names_the_frame() -> None:
     with pytest.raises(UnsupportedVersion) as info:
-        FrameDecoder().frames(header(MessageType.PING, 0, version=2))
+        FrameDecoder().frames(header(MessageType.PING, 0, version=1))
+    assert info.value.message_id == ID
+    assert "version 1 (this side speaks 2)" in str(info.value)
+
+
+def test_a_version_1_header_is_refused_before_it_is_complete() -> None:
+    v1 = struct.pack(">4sBBH16sQ", b"DWCP", 1, MessageType.PING, 0, ID, 0)  # 32 bytes
+    with pytest.raises(UnsupportedVersion) as info:
+        FrameDecoder().frames(v1)
     assert info.value.message_id == ID
     assert info.value.code is ErrorCode.UNSUPPORTED_VERSION
 

@@ -28,6 +28,8 @@ from dwcp_resilience.dwcp.errors import (
     is_retryable,
 )
 from dwcp_resilience.dwcp.protocol import (
+    CHECKSUM_SIZE,
+    HEADER_SIZE,
     Frame,
     FrameDecoder,
     MessageType,
@@ -155,7 +157,7 @@ async def test_one_byte_segments_are_reassembled() -> None:
 
     async with fake_peer(handler) as port, await DWCPConnection.connect("127.0.0.1", port) as conn:
         await conn.ping(b"hello")
-        assert conn.statistics().bytes_received == 32 + 5
+        assert conn.statistics().bytes_received == HEADER_SIZE + 5 + CHECKSUM_SIZE
 
 
 async def test_eof_inside_the_length_bytes_is_incomplete_frame() -> None:
@@ -424,5 +426,5 @@ async def test_statistics_and_repr() -> None:
         await conn.ping(b"ab")
         stats = conn.statistics()
         assert (stats.requests, stats.replies, stats.in_flight, stats.usable) == (1, 1, 0, True)
-        assert stats.bytes_sent == stats.bytes_received == 34
+        assert stats.bytes_sent == stats.bytes_received == HEADER_SIZE + 2 + CHECKSUM_SIZE
         assert repr(conn) == f"<DWCPConnection 127.0.0.1:{port} in_flight=0 open>"

@@ -14,6 +14,7 @@ connection, and a chaos proxy that injects network faults.
 
 from .client import CONNECT, DISCOVER, RECEIVE, SEND, DWCPResilienceConfig, DWCPResilientClient
 from .errors import (
+    BadChecksum,
     BadMagic,
     BadPayload,
     ConnectFailed,
@@ -23,6 +24,7 @@ from .errors import (
     ConnectTimeout,
     DWCPError,
     ErrorCode,
+    FrameRejected,
     FrameTooLarge,
     IncompleteFrame,
     PeerError,
@@ -35,10 +37,11 @@ from .errors import (
     is_retryable,
     mark_repeat_fault,
 )
-from .faults import Bandwidth, Drop, Fault, Latency, ResetPeer, Slicer, Stall
+from .faults import Bandwidth, Corrupt, Drop, Fault, Latency, ResetPeer, Slicer, Stall
 from .mailbox import Mailboxes, StoredMessage, StoreResult
 from .peer import DWCPPeer, PeerStatistics
 from .protocol import (
+    CHECKSUM_SIZE,
     DEFAULT_MAX_PAYLOAD,
     HEADER_SIZE,
     Delivery,
@@ -53,9 +56,11 @@ from .proxy import ChaosProxy, ProxyStatistics
 from .transport import ConnectionStatistics, DWCPConnection
 
 __all__ = (
+    "BadChecksum",
     "BadMagic",
     "BadPayload",
     "Bandwidth",
+    "Corrupt",
     "CONNECT",
     "ChaosProxy",
     "ConnectFailed",
@@ -64,6 +69,7 @@ __all__ = (
     "ConnectionLost",
     "ConnectionReset",
     "ConnectionStatistics",
+    "CHECKSUM_SIZE",
     "DEFAULT_MAX_PAYLOAD",
     "DISCOVER",
     "DWCPConnection",
@@ -77,6 +83,7 @@ __all__ = (
     "Fault",
     "Frame",
     "FrameDecoder",
+    "FrameRejected",
     "FrameTooLarge",
     "HEADER_SIZE",
     "IncompleteFrame",

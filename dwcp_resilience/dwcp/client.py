@@ -26,7 +26,9 @@ Delivery guarantees:
 - **Receive acknowledges after delivery.** The peer leases a message to the connection; the client
   hands it to ``handler`` (or returns it) and only then acknowledges it. A connection lost in between
   makes the peer hand the message out again; the client drops ids it has already delivered, so the
-  application sees each message once.
+  application sees each message once. A failed acknowledgement does not fail the receive (the
+  message is returned, its id remembered, and the redelivery dropped); a receive cancelled before
+  it returns does not remember the id, so the message comes again.
 
 After any failed attempt the connection it used is closed and the next attempt reconnects: a
 stalled or half-broken connection is never reused.
@@ -63,7 +65,7 @@ from ..core.errors import DeadlineExceeded
 from ..core.validate import check_int, check_name, check_number
 from ..manager import ResilienceManager, ResilienceSnapshot
 from ..slo.checks import PingCheck
-from .errors import ConnectFailed, is_repeat_fault, is_retryable, mark_repeat_fault
+from .errors import ConnectFailed, DWCPError, is_repeat_fault, is_retryable, mark_repeat_fault
 from .protocol import Delivery, PeerInfo, new_message_id
 from .transport import DWCPConnection
 
@@ -413,8 +415,14 @@ class DWCPResilientClient:
                         continue
                     if handler is not None:
                         await handler(delivery)
-                    self._remember(delivery.message_id)
-                    await conn.ack(node, delivery.message_id)
+                        self._remember(delivery.message_id)  # handled: never again
+                    try:
+                        await conn.ack(node, delivery.message_id)
+                    except DWCPError:
+                        # The message is ours: hand it over anyway. The peer hands it out again
+                        # (no ack), and the remembered id drops it then.
+                        await self._discard(address, conn)
+                    self._remember(delivery.message_id)  # returned: never again
                     return delivery
 
             result = await self._on(address, on)

@@ -32,6 +32,7 @@ from enum import IntEnum
 from ..core.errors import ResilienceError
 
 __all__ = (
+    "BadChecksum",
     "BadMagic",
     "BadPayload",
     "ConnectFailed",
@@ -41,6 +42,7 @@ __all__ = (
     "ConnectionReset",
     "DWCPError",
     "ErrorCode",
+    "FrameRejected",
     "FrameTooLarge",
     "IncompleteFrame",
     "PeerError",
@@ -68,6 +70,7 @@ class ErrorCode(IntEnum):
     MAILBOX_FULL = 8
     BUSY = 9
     INTERNAL = 10
+    BAD_CHECKSUM = 11
 
 
 _TRANSIENT_CODES = frozenset({ErrorCode.MAILBOX_FULL, ErrorCode.BUSY, ErrorCode.INTERNAL})
@@ -93,6 +96,36 @@ class ProtocolError(DWCPError):
 
     def __str__(self) -> str:
         return self.detail
+
+
+class BadChecksum(ProtocolError):
+    """A frame's header or payload does not match its checksum: it was corrupted in transit.
+
+    The receiver answers ERROR ``BAD_CHECKSUM`` and closes the connection. Nothing in it can be
+    trusted, not even its message id, so a client that gets ``BAD_CHECKSUM`` for a request
+    raises this (a protocol error on its connection, retried on a new one), not a
+    :class:`PeerError`.
+    """
+
+    code = ErrorCode.BAD_CHECKSUM
+
+
+class FrameRejected(ProtocolError):
+    """The peer could not read a frame of ours (``code``: ``BAD_CHECKSUM`` when it was corrupted
+    on the way, ``BAD_FRAME``, ``UNSUPPORTED_VERSION``, ...) and closed the connection: a fault of
+    that connection, retried on a new one, not a refusal of the request."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"the peer could not read our frame ({_code_name(code)}): {detail}")
+        self.code = code  # type: ignore[assignment]  # the peer's code, possibly unknown here
+        self.args = (code, detail)  # what copy.copy rebuilds it from
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return str(code)
 
 
 class BadMagic(ProtocolError):
@@ -180,10 +213,7 @@ class PeerError(DWCPError):
         return self.code in _TRANSIENT_CODES
 
     def __str__(self) -> str:
-        try:
-            name = ErrorCode(self.code).name
-        except ValueError:
-            name = str(self.code)
+        name = _code_name(self.code)
         return f"peer error {name}: {self.detail}" if self.detail else f"peer error {name}"
 
 

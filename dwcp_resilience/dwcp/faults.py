@@ -16,6 +16,7 @@ from ..core.validate import check_int, check_number
 
 __all__ = (
     "Bandwidth",
+    "Corrupt",
     "Direction",
     "Drop",
     "Fault",
@@ -111,8 +112,26 @@ class Drop:
         _check_direction(self.direction)
 
 
-Fault = Latency | Bandwidth | ResetPeer | Stall | Slicer | Drop
-FAULT_TYPES = (Latency, Bandwidth, ResetPeer, Stall, Slicer, Drop)
+@dataclass(frozen=True, slots=True)
+class Corrupt:
+    """Flip one bit of one byte of a chunk, with this probability per chunk, and forward it: a
+    middlebox that rewrites payload and fixes the TCP checksum (TCP delivers the bad byte).
+
+    ``skip`` bytes at the start of the chunk are left alone (``skip=40`` with DWCP's 40-byte
+    header hits only payloads, or the next frame's header)."""
+
+    probability: float
+    skip: int = 0
+    direction: Direction = "both"
+
+    def __post_init__(self) -> None:
+        check_number(self.probability, "probability", min_value=0, max_value=1)
+        check_int(self.skip, "skip", min_value=0)
+        _check_direction(self.direction)
+
+
+Fault = Latency | Bandwidth | ResetPeer | Stall | Slicer | Drop | Corrupt
+FAULT_TYPES = (Latency, Bandwidth, ResetPeer, Stall, Slicer, Drop, Corrupt)
 Schedule = Sequence[tuple[float, float, Fault]] | Callable[[float], Iterable[Fault]]
 
 

@@ -33,6 +33,7 @@ from .errors import ErrorCode, ProtocolError, UnexpectedFrame
 from .mailbox import Mailboxes, StoreResult
 from .protocol import (
     DEFAULT_MAX_PAYLOAD,
+    FLAG_CLOSING,
     FLAG_DUPLICATE,
     FLAG_EMPTY,
     FLAG_REDELIVERED,
@@ -344,7 +345,7 @@ class DWCPPeer(BackgroundService):
     async def _send_error(
         self, stream: anyio.abc.SocketStream, message_id: bytes, code: ErrorCode, detail: str
     ) -> None:
-        frame = encode_frame(M.ERROR, message_id, encode_error(code, detail))
+        frame = encode_frame(M.ERROR, message_id, encode_error(code, detail), FLAG_CLOSING)
         with anyio.move_on_after(_ERROR_SEND_TIMEOUT):
             try:
                 await stream.send(frame)

@@ -1,14 +1,28 @@
-"""DWCP frames: a fixed 32-byte header, a payload of bounded size, and an incremental decoder.
+"""DWCP frames: a fixed 40-byte header, a payload of bounded size with its checksum, and an
+incremental decoder.
 
-Header (big-endian, :data:`HEADER_SIZE` = 32 bytes)::
+DWCP (Distributed WAN Communication Protocol, the Go package's name for it) is the example
+peer-to-peer message protocol: framed requests and replies over TCP.
+
+Header (big-endian, :data:`HEADER_SIZE` = 40 bytes)::
 
     offset  size  field
     0       4     magic         b"DWCP"
-    4       1     version       1
+    4       1     version       2 (version 1 had no checksums)
     5       1     type          a MessageType
     6       2     flags         FLAG_* bits (unknown bits are ignored)
     8       16    message id    correlation id: a reply carries the id of its request
     24      8     length        payload length in bytes, at most the receiver's ``max_payload``
+    32      4     reserved      0
+    36      4     header crc    CRC-32 of bytes 0-35
+
+then ``length`` payload bytes, then the payload's CRC-32 (4 bytes) when ``length > 0``. The checks
+catch what TCP's 16-bit checksum lets through (a middlebox rewriting bytes and fixing the TCP
+checksum): every burst error of up to 32 bits and all but 2**-32 of the others. They are
+``zlib.crc32`` (CRC-32/ISO-HDLC): as strong as CRC-32C for this, and in the standard library.
+The header has its own check, so a corrupted length or type is caught at the header, before a
+body is awaited; the magic and version are checked first, so a stream that is not DWCP, or a peer
+of another version, gets that error rather than a checksum error.
 
 The message id of a SEND is also the message's idempotency key: a retried send reuses it, and the
 peer stores it once. Every other request takes a fresh random id.
@@ -23,7 +37,8 @@ Payloads (``str`` fields are a u8 length then UTF-8, so at most 255 bytes)::
     DELIVER_ACK  node_id: str, message_id: 16 bytes -> ACK
     DISCOVER     (empty)                           -> PEERS: u16 count, then node_id: str, address: str
     PING         any bytes                         -> PONG with the same bytes
-    ERROR        code: u16, detail: UTF-8 rest     (the answer to a request that failed)
+    ERROR        code: u16, detail: UTF-8 rest     (the answer to a request that failed);
+                 FLAG_CLOSING if the connection ends with it
 
 Everything here is pure: :func:`encode_frame` and :class:`FrameDecoder` do no I/O. The decoder takes
 bytes in slices of any size (down to one byte) and checks each header as soon as it has it, so a
@@ -33,12 +48,14 @@ garbage stream or a 2**63 length prefix fails at once, without waiting for or al
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass
 from enum import IntEnum
 from os import urandom as _urandom
 from typing import NamedTuple
 
 from .errors import (
+    BadChecksum,
     BadMagic,
     BadPayload,
     FrameTooLarge,
@@ -48,8 +65,10 @@ from .errors import (
 )
 
 __all__ = (
+    "CHECKSUM_SIZE",
     "DEFAULT_MAX_PAYLOAD",
     "Delivery",
+    "FLAG_CLOSING",
     "FLAG_DUPLICATE",
     "FLAG_EMPTY",
     "FLAG_REDELIVERED",
@@ -79,8 +98,9 @@ __all__ = (
 )
 
 MAGIC = b"DWCP"
-VERSION = 1
-HEADER_SIZE = 32
+VERSION = 2
+HEADER_SIZE = 40
+CHECKSUM_SIZE = 4
 DEFAULT_MAX_PAYLOAD = 1 << 20
 """1 MiB: the default maximum payload of a frame."""
 
@@ -90,8 +110,14 @@ FLAG_EMPTY = 0x2
 """On a DELIVER: no message is waiting; the payload is empty."""
 FLAG_REDELIVERED = 0x4
 """On a DELIVER: this message was handed out before and not acknowledged."""
+FLAG_CLOSING = 0x8
+"""On an ERROR: the sender closes the connection after it (it could not read a frame, or refuses
+the connection); the request was not processed, and may be sent again on a new connection."""
 
-_HEADER = struct.Struct(">4sBBH16sQ")
+_HEADER = struct.Struct(">4sBBH16sQI")  # without its crc
+_CRC = struct.Struct(">I")
+_crc32 = zlib.crc32
+_HEADER_BODY = _HEADER.size  # the header bytes its crc covers
 _MAGIC_LEN = len(MAGIC)
 _ID_SIZE = 16
 _MAX_STR = 255
@@ -162,7 +188,11 @@ def encode_frame(
         raise ValueError(f"payload of {len(payload)} bytes is over max_payload={max_payload}")
     if not 0 <= flags <= 0xFFFF:
         raise ValueError(f"flags must fit in 16 bits, got {flags}")
-    return _HEADER.pack(MAGIC, VERSION, type, flags, message_id, len(payload)) + payload
+    head = _HEADER.pack(MAGIC, VERSION, type, flags, message_id, len(payload), 0)
+    head += _CRC.pack(_crc32(head))
+    if not payload:
+        return head
+    return b"".join((head, payload, _CRC.pack(_crc32(payload))))
 
 
 class FrameDecoder:
@@ -201,14 +231,23 @@ class FrameDecoder:
         if size < HEADER_SIZE:
             if buf[:_MAGIC_LEN] != MAGIC[:size]:
                 raise BadMagic(f"bad magic {bytes(buf[:_MAGIC_LEN])!r}: not a DWCP stream")
+            if size > _MAGIC_LEN and buf[_MAGIC_LEN] != VERSION:  # e.g. a shorter version-1 header
+                raise UnsupportedVersion(
+                    f"unsupported protocol version {buf[_MAGIC_LEN]} (this side speaks {VERSION})",
+                    message_id=bytes(buf[8:24]) if size >= 24 else None,
+                )
             return None
-        magic, version, type_, flags, message_id, length = _HEADER.unpack_from(buf)
+        magic, version, type_, flags, message_id, length, _ = _HEADER.unpack_from(buf)
         if magic != MAGIC:
             raise BadMagic(f"bad magic {magic!r}: not a DWCP stream")
         if version != VERSION:
             raise UnsupportedVersion(
-                f"unsupported protocol version {version}", message_id=message_id
+                f"unsupported protocol version {version} (this side speaks {VERSION})",
+                message_id=message_id,
             )
+        (crc,) = _CRC.unpack_from(buf, _HEADER_BODY)
+        if _crc32(memoryview(buf)[:_HEADER_BODY]) != crc:
+            raise BadChecksum("header checksum mismatch: the frame was corrupted in transit")
         kind = _TYPES.get(type_)
         if kind is None:
             raise UnknownType(f"unknown message type {type_}", message_id=message_id)
@@ -217,11 +256,20 @@ class FrameDecoder:
                 f"declared payload of {length} bytes is over the maximum of {self._max_payload}",
                 message_id=message_id,
             )
+        if not length:
+            del buf[:HEADER_SIZE]
+            return Frame(kind, message_id, b"", flags)
         end = HEADER_SIZE + length
-        if size < end:
+        if size < end + CHECKSUM_SIZE:
             return None
         payload = bytes(buf[HEADER_SIZE:end])
-        del buf[:end]
+        (crc,) = _CRC.unpack_from(buf, end)
+        if _crc32(payload) != crc:
+            raise BadChecksum(
+                "payload checksum mismatch: the frame was corrupted in transit",
+                message_id=message_id,
+            )
+        del buf[: end + CHECKSUM_SIZE]
         return Frame(kind, message_id, payload, flags)
 
     def frames(self, data: bytes | bytearray | memoryview = b"") -> list[Frame]:

@@ -4,6 +4,8 @@ Faults (each with a ``direction``: ``"upstream"`` is client to target, ``"downst
 client, ``"both"``), applied to every chunk read while they are active, in this order:
 
 - :class:`Drop` (probability): the connection is reset (RST, both sides) instead of forwarding;
+- :class:`Corrupt` (probability, skip): one bit of one byte past ``skip`` is flipped, and the chunk
+  is forwarded (what TCP's checksum misses when a middlebox rewrites it);
 - :class:`Stall`: the chunk is swallowed and the connection stays open (toxiproxy ``timeout=0``:
   accept and never answer);
 - :class:`ResetPeer` (after_bytes): forward the first ``after_bytes`` bytes of the chunk (default: half
@@ -36,6 +38,7 @@ from ._service import BackgroundService, accept_forever
 from .faults import (
     FAULT_TYPES,
     Bandwidth,
+    Corrupt,
     Direction,
     Drop,
     Fault,
@@ -69,6 +72,7 @@ class ProxyStatistics:
     stalled_bytes: int
     resets: int
     drops: int
+    corrupted_chunks: int = 0
 
 
 class _Abort(Exception):
@@ -110,6 +114,7 @@ class ChaosProxy(BackgroundService):
         self._bytes = {"upstream": 0, "downstream": 0}
         self._delayed = self._throttled = self._slices = 0
         self._stalled = self._stalled_bytes = self._resets = self._drops = 0
+        self._corrupted = 0
 
     # -- faults --------------------------------------------------------------------------------------
 
@@ -162,6 +167,7 @@ class ChaosProxy(BackgroundService):
             self._stalled_bytes,
             self._resets,
             self._drops,
+            self._corrupted,
         )
 
     def __repr__(self) -> str:
@@ -233,7 +239,10 @@ class ChaosProxy(BackgroundService):
             try:
                 data = await src.receive(_READ_SIZE)
             except anyio.EndOfStream:
-                await dst.send_eof()
+                try:
+                    await dst.send_eof()
+                except RuntimeError as exc:  # uvloop: the other side's handle is closed already
+                    raise _Abort from exc
                 return
             faults = self.active_faults(direction)
             if not faults:
@@ -256,6 +265,15 @@ class ChaosProxy(BackgroundService):
             if isinstance(fault, Drop) and rng.random() < fault.probability:
                 self._drops += 1
                 raise _Abort
+        for fault in faults:
+            if (
+                isinstance(fault, Corrupt)
+                and len(data) > fault.skip
+                and rng.random() < fault.probability
+            ):
+                at = rng.randrange(fault.skip, len(data))
+                data = data[:at] + bytes([data[at] ^ (1 << rng.randrange(8))]) + data[at + 1 :]
+                self._corrupted += 1
         for fault in faults:
             if isinstance(fault, Stall):
                 self._stalled += 1
@@ -311,5 +329,6 @@ def _linger_zero(stream: anyio.abc.SocketStream) -> None:
     try:
         sock = stream.extra(SocketAttribute.raw_socket)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-    except (OSError, anyio.TypedAttributeLookupError):
-        pass
+    except (OSError, anyio.TypedAttributeLookupError, AttributeError):
+        # Already closed: gone, or (anyio on uvloop) its raw socket is None.
+        return

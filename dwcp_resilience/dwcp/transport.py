@@ -50,12 +50,15 @@ from .errors import (
     ConnectionClosed,
     ConnectionReset,
     ConnectTimeout,
+    ErrorCode,
+    FrameRejected,
     PeerError,
     ProtocolError,
     UnexpectedFrame,
 )
 from .protocol import (
     DEFAULT_MAX_PAYLOAD,
+    FLAG_CLOSING,
     FLAG_DUPLICATE,
     Delivery,
     Frame,
@@ -93,6 +96,24 @@ class ConnectionStatistics:
     bytes_received: int
     in_flight: int
     usable: bool
+
+
+def _peer_error(frame: Frame) -> Exception:
+    """The error for an ERROR answer: a :class:`PeerError` (the peer refused the request), or, when
+    the peer closes the connection with it (``FLAG_CLOSING``) because it could not read a frame of
+    ours (a protocol error code: corrupted on the way, or not understood), a
+    :class:`FrameRejected`: a fault of this connection, retried on a new one."""
+    code, detail = decode_error(frame.payload)  # a ProtocolError if malformed
+    if frame.flags & FLAG_CLOSING and code in _FRAME_CODES:
+        return FrameRejected(code, detail)
+    return PeerError(code, detail)
+
+
+_FRAME_CODES = frozenset(
+    code
+    for code in ErrorCode
+    if code not in (ErrorCode.MAILBOX_FULL, ErrorCode.BUSY, ErrorCode.INTERNAL)
+)
 
 
 class DWCPConnection:
@@ -292,8 +313,7 @@ class DWCPConnection:
             self._replies[mid] = frame
             self._replies_count += 1
         elif frame.type is MessageType.ERROR and mid == _NO_ID:
-            code, detail = decode_error(frame.payload)
-            self._fail(PeerError(code, detail))  # the peer gave up on this connection
+            self._fail(_peer_error(frame))  # the peer gave up on this connection
         else:
             self._stray += 1  # an answer to a request that was cancelled
 
@@ -301,8 +321,10 @@ class DWCPConnection:
         if reply.type is expected:
             return reply
         if reply.type is MessageType.ERROR:
-            code, detail = decode_error(reply.payload)  # a ProtocolError if malformed
-            raise PeerError(code, detail)
+            error = _peer_error(reply)
+            if isinstance(error, ProtocolError):
+                raise self._fail(error)
+            raise error
         exc = UnexpectedFrame(f"expected {expected.name}, got {reply.type.name}")
         raise self._fail(exc)
 
