@@ -97,11 +97,13 @@ from .policies.ratelimit import (
 from .policies.retry import (
     TRANSIENT_ERRORS,
     Attempt,
+    HintReader,
     Retry,
     RetryEvent,
     RetryGaveUp,
     RetryScheduled,
     RetryStatistics,
+    retry_after_attribute,
 )
 from .policies.retry_budget import (
     RetryBudget,
@@ -209,6 +211,7 @@ __all__ = (
     "HealthCheck",
     "HealthMonitor",
     "HealthMonitorStatistics",
+    "HintReader",
     "Jitter",
     "KeyedRateLimiter",
     "KeyedRateLimiterStatistics",
@@ -264,4 +267,5 @@ __all__ = (
     "evaluate",
     "level_for_ratio",
     "loop_time",
+    "retry_after_attribute",
 )
