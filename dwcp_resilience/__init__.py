@@ -98,12 +98,14 @@ from .policies.ratelimit import (
 from .policies.retry import (
     TRANSIENT_ERRORS,
     Attempt,
+    HintReader,
     Retry,
     RetryEvent,
     RetryGaveUp,
     RetryOptions,
     RetryScheduled,
     RetryStatistics,
+    retry_after_attribute,
 )
 from .policies.retry_budget import (
     RetryBudget,
@@ -214,6 +216,7 @@ __all__ = (
     "HealthCheck",
     "HealthMonitor",
     "HealthMonitorStatistics",
+    "HintReader",
     "Jitter",
     "KeyedRateLimiter",
     "KeyedRateLimiterStatistics",
@@ -270,4 +273,5 @@ __all__ = (
     "evaluate",
     "level_for_ratio",
     "loop_time",
+    "retry_after_attribute",
 )

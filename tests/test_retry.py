@@ -434,7 +434,8 @@ async def test_r57_wait_rejected_waits_retry_after(anyio_backend: Any) -> None:
     ("retry_after", "total_timeout", "reason"),
     [
         (None, None, "rejected"),  # unknown: do not guess
-        (30.0, None, "rejected"),  # beyond max_delay (10 s): retrying earlier is pointless
+        (90.0, None, "rejected"),  # beyond max_retry_after (60 s): retrying earlier is pointless
+        (math.inf, None, "rejected"),
         (math.nan, None, "rejected"),
         (-1.0, None, "rejected"),
         (2.0, 1.0, "deadline"),  # does not fit the deadline
@@ -473,9 +474,8 @@ class BrokenHint(ConnectionError):
         (3.0, 3.0),
         (3, 3.0),
         (timedelta(seconds=2), 2.0),
-        (1e9, 10.0),  # clamped to max_delay
-        (math.inf, 10.0),
-        (10**400, 10.0),  # beyond float range
+        (30.0, 30.0),  # above max_delay (10 s): still waited in full
+        (60, 60.0),  # max_retry_after itself
         (-5.0, 0.0),  # clamped to 0
         (math.nan, 0.1),  # garbage: the backoff delay
         (True, 0.1),
@@ -483,7 +483,7 @@ class BrokenHint(ConnectionError):
         (None, 0.1),
     ],
 )
-async def test_retry_after_hints_are_clamped(
+async def test_retry_after_hints_replace_the_backoff(
     anyio_backend: Any, hint: Any, expected: float
 ) -> None:
     retry = Retry("r", backoff=NO_JITTER)
@@ -491,6 +491,144 @@ async def test_retry_after_hints_are_clamped(
     start = anyio.current_time()
     assert await retry.call(flaky) == "ok"
     assert flaky.starts[1] - start == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.virtual_time
+async def test_a_hint_above_max_delay_is_waited_in_full(anyio_backend: Any) -> None:
+    """Retry-After: 5 with max_delay=1 waits 5 s, not 1 s; the next backoff stays under 1 s."""
+    retry = Retry("r", backoff=ConstantBackoff(delay=1.0), max_retries=2)
+    assert retry.backoff.max_delay == 1.0
+    flaky = Flaky([Hinted(5.0), ConnectionError("no hint")])
+    start = anyio.current_time()
+    assert await retry.call(flaky) == "ok"
+    assert [round(t - start, 6) for t in flaky.starts] == [0.0, 5.0, 6.0]
+    assert retry.statistics().backoff_sum == pytest.approx(6.0)
+
+
+@pytest.mark.virtual_time
+@pytest.mark.parametrize(
+    ("hint", "max_retry_after"),
+    [
+        (61.0, None),  # the default cap is 60 s
+        (1e9, None),
+        (math.inf, None),
+        (10**400, None),  # beyond float range
+        (3.0, 2.5),
+        (math.inf, math.inf),  # an infinite hint is never waited
+        (0.5, 0.0),  # 0: every positive hint gives up
+    ],
+)
+async def test_a_hint_above_max_retry_after_gives_up(
+    anyio_backend: Any, hint: Any, max_retry_after: float | None
+) -> None:
+    events = RecordingListener[RetryEvent]()
+    if max_retry_after is None:
+        retry = Retry("r", backoff=NO_JITTER, listeners=[events])
+    else:
+        retry = Retry("r", backoff=NO_JITTER, listeners=[events], max_retry_after=max_retry_after)
+    flaky = Flaky([Hinted(hint)])
+    start = anyio.current_time()
+    with pytest.raises(Hinted) as info:
+        await retry.call(flaky)
+    assert flaky.calls == 1
+    assert anyio.current_time() == start  # no wait at all
+    assert failures(retry) == {"retry_after": 1}
+    assert "(retry_after)" in info.value.__notes__[0]
+    assert [type(e) for e in events.events] == [RetryGaveUp]
+
+
+@pytest.mark.virtual_time
+async def test_max_retry_after_raises_the_cap(anyio_backend: Any) -> None:
+    retry = Retry("r", backoff=NO_JITTER, max_retry_after=3600)
+    flaky = Flaky([Hinted(timedelta(minutes=30))])
+    start = anyio.current_time()
+    assert await retry.call(flaky) == "ok"
+    assert flaky.starts[1] - start == pytest.approx(1800.0)
+    assert retry.max_retry_after == 3600.0
+    assert Retry("r").max_retry_after == 60.0
+
+
+@pytest.mark.virtual_time
+async def test_a_hint_longer_than_the_deadline_gives_up_on_the_deadline(anyio_backend: Any) -> None:
+    retry = Retry("r", backoff=NO_JITTER, total_timeout=4.0)
+    flaky = Flaky([Hinted(5.0)])
+    with pytest.raises(Hinted):
+        await retry.call(flaky)
+    assert flaky.calls == 1 and failures(retry) == {"deadline": 1}
+    outer = Flaky([Hinted(5.0)])
+    start = anyio.current_time()
+    with OperationContext("op", deadline=start + 3.0).activate(), pytest.raises(Hinted):
+        await Retry("r", backoff=NO_JITTER).call(outer)
+    assert outer.calls == 1
+
+
+@pytest.mark.virtual_time
+async def test_a_custom_hint_reader(anyio_backend: Any) -> None:
+    seen: list[object] = []
+
+    def reader(outcome: object) -> float | None:
+        seen.append(outcome)
+        return getattr(outcome, "wait", None)
+
+    class Slow(ConnectionError):
+        wait = 2.0
+
+    first, second = Slow(), ConnectionError("plain")
+    retry = Retry("r", backoff=NO_JITTER, retry_after=reader, max_retries=2)
+    flaky = Flaky([first, second])
+    start = anyio.current_time()
+    assert await retry.call(flaky) == "ok"
+    # the reader's 2 s, then the backoff's second delay (0.2 s): the attribute is not read
+    assert [round(t - start, 6) for t in flaky.starts] == [0.0, 2.0, 2.2]
+    assert seen == [first, second]
+    hinted = Flaky([Hinted(7.0)])  # a retry_after attribute: the custom reader ignores it
+    start = anyio.current_time()
+    await retry.call(hinted)
+    assert hinted.starts[1] - start == pytest.approx(0.1)
+
+
+@pytest.mark.virtual_time
+@pytest.mark.parametrize("value", [math.nan, "5", True, object(), -math.inf])
+async def test_a_reader_returning_garbage_falls_back_to_the_backoff(
+    anyio_backend: Any, value: Any
+) -> None:
+    retry = Retry("r", backoff=NO_JITTER, retry_after=lambda _: value)
+    flaky = Flaky([ConnectionError()])
+    start = anyio.current_time()
+    await retry.call(flaky)
+    expected = 0.0 if value == -math.inf else 0.1  # a negative hint counts as 0
+    assert flaky.starts[1] - start == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.virtual_time
+async def test_a_reader_that_raises_is_logged_and_falls_back(
+    anyio_backend: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(outcome: object) -> float:
+        raise RuntimeError("bad reader")
+
+    retry = Retry("r", backoff=NO_JITTER, retry_after=broken)
+    flaky = Flaky([ConnectionError()])
+    start = anyio.current_time()
+    with caplog.at_level(logging.ERROR, logger="dwcp_resilience"):
+        assert await retry.call(flaky) == "ok"
+    assert flaky.starts[1] - start == pytest.approx(0.1, abs=1e-3)
+    assert "retry_after reader of 'r' raised" in caplog.text
+
+
+@pytest.mark.virtual_time
+async def test_hints_in_the_block_form(anyio_backend: Any) -> None:
+    retry = Retry("r", backoff=ConstantBackoff(delay=1.0))
+    errors = [Hinted(5.0), Hinted(120.0)]
+    start = anyio.current_time()
+    times: list[float] = []
+    with pytest.raises(Hinted):
+        async for attempt in retry:
+            with attempt:
+                times.append(anyio.current_time() - start)
+                raise errors.pop(0)
+    assert times == [0.0, 5.0]
+    assert failures(retry) == {"retry_after": 1}
 
 
 @pytest.mark.virtual_time
@@ -893,6 +1031,7 @@ def test_statistics_failures_and_repr() -> None:
         "rejected": 0,
         "deadline": 0,
         "budget": 0,
+        "retry_after": 0,
     }
     assert repr(retry).startswith("<Retry 'r' max_retries=3 ExponentialBackoff(")
     assert (
@@ -956,6 +1095,16 @@ def test_construction_needs_no_event_loop() -> None:
         ({"budget": 0.2}, TypeError, "budget"),
         ({"wait_rejected": 1}, TypeError, "wait_rejected"),
         ({"respect_retry_after": None}, TypeError, "respect_retry_after"),
+        ({"retry_after": 5.0}, TypeError, "retry_after must be a callable"),
+        (
+            {"retry_after": lambda _: 1.0, "respect_retry_after": False},
+            ValueError,
+            "respect_retry_after=False",
+        ),
+        ({"max_retry_after": math.nan}, ValueError, "max_retry_after"),
+        ({"max_retry_after": -1.0}, ValueError, "max_retry_after"),
+        ({"max_retry_after": True}, TypeError, "max_retry_after"),
+        ({"max_retry_after": "60"}, TypeError, "max_retry_after"),
         ({"clock": 1.0}, TypeError, "clock"),
     ],
 )

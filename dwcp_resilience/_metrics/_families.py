@@ -69,7 +69,8 @@ GO_FAMILIES: tuple[Family, ...] = (
     _go("retry_attempts_total", "counter", "Attempts made, by attempt number", "policy", "attempt"),
     _go("retry_success_total", "counter", "Calls that succeeded (on any attempt)", "policy"),
     _go("retry_failures_total", "counter",
-        "Calls that gave up, by reason (exhausted, not_retryable, rejected, deadline, budget)",
+        "Calls that gave up, by reason (exhausted, not_retryable, rejected, deadline, budget, "
+        "retry_after)",
         "policy", "reason"),
     _go("retry_backoff_delay_seconds", "histogram", "Backoff delays scheduled between attempts",
         "policy", buckets=BACKOFF_BUCKETS),

@@ -23,12 +23,20 @@ Semantics:
   ``Exception``) are never caught, never retried, never counted as failures.
 - Our own rejections (:class:`~dwcp_resilience.Rejected`: open breaker, full bulkhead...) are not
   retried, whatever ``retry_on`` says. With ``wait_rejected=True`` the retry waits the rejection's
-  ``retry_after`` when it is known, fits ``max_delay`` and fits the deadline, and gives up otherwise.
+  ``retry_after`` when it is known, is at most ``max_retry_after`` and fits the deadline, and gives
+  up otherwise (reason ``rejected``).
 - A value may be retried too: ``retry_on_result(value)`` true means "try again"; when the retries run
   out the last value is returned (there is no exception to raise).
-- Server hints: an exception or a result with a ``retry_after`` attribute (seconds, or a
-  ``timedelta``) sets the next delay instead of the backoff, clamped to ``[0, max_delay]``; NaN and
-  other garbage are ignored (``respect_retry_after=False`` ignores every hint).
+- Server hints: after a retryable failure, ``retry_after(exception or result)`` may return the
+  server's hint (seconds or a ``timedelta``); the default reads a ``retry_after`` attribute
+  (:func:`retry_after_attribute`), and :func:`dwcp_resilience.http.retry_after_hint` reads an HTTP
+  response's ``Retry-After`` header. A hint replaces the backoff delay, and is waited in full even
+  above ``max_delay``, which bounds only the backoff's own delays: a server that says "come back in
+  5 s" is not asked again after 1 s. A hint above ``max_retry_after`` (default 60 s), or an
+  infinite one, gives up at once (reason ``retry_after``) and the caller gets the last exception or
+  result: waiting less than the server asked would most likely be refused again. Negative hints
+  count as 0; ``None``, NaN, other types and a reader that raises (logged) fall back to the backoff.
+  ``respect_retry_after=False`` ignores every hint. The reader runs only on the failure path.
 - Deadlines: ``total_timeout`` (from the first attempt) and the enclosing deadline
   (:func:`~dwcp_resilience.current_deadline`, set by an ``OperationContext`` or an enclosing
   ``Timeout``) bound the whole call. No backoff sleep begins, and so no attempt starts, unless it can
@@ -63,16 +71,19 @@ from ..core.errors import not_callable
 from ..core.policy import PolicyBase, check_decorated
 from .retry_core import (
     TRANSIENT_ERRORS,
+    HintReader,
     RetryCore,
     RetryEvent,
     RetryGaveUp,
     RetryOptions,
     RetryScheduled,
     RetryStatistics,
+    retry_after_attribute,
 )
 
 __all__ = (
     "Attempt",
+    "HintReader",
     "Retry",
     "RetryEvent",
     "RetryGaveUp",
@@ -80,6 +91,7 @@ __all__ = (
     "RetryScheduled",
     "RetryStatistics",
     "TRANSIENT_ERRORS",
+    "retry_after_attribute",
 )
 
 P = ParamSpec("P")
@@ -102,12 +114,18 @@ class Retry(RetryCore, PolicyBase):
             ``None``: no cap of its own; the enclosing deadline always applies).
         budget: a :class:`RetryBudget`, usually shared, that must grant each retry.
         wait_rejected: wait a ``Rejected``'s ``retry_after`` and try again (default: give up).
-        respect_retry_after: honour ``retry_after`` hints on exceptions and results.
+        respect_retry_after: honour server hints on exceptions and results (default True).
+        retry_after: reads the hint from a failed attempt's exception or retried result:
+            ``(outcome) -> seconds | timedelta | None`` (default :func:`retry_after_attribute`;
+            :func:`dwcp_resilience.http.retry_after_hint` for HTTP responses).
+        max_retry_after: the longest hint waited, in seconds (default 60; ``inf``: any finite
+            hint). A longer hint gives up. ``max_delay`` does not bound hints.
         clock: the clock (default: the running loop's).
         listeners: callables receiving :class:`RetryScheduled` and :class:`RetryGaveUp` events.
 
     Raises:
-        TypeError, ValueError: invalid configuration (the message names the field).
+        TypeError, ValueError: invalid configuration (the message names the field), including
+            ``retry_after`` given with ``respect_retry_after=False``.
     """
 
     __slots__ = ()

@@ -4,7 +4,8 @@ decision taken after a failed attempt.
 :meth:`RetryCore._plan` is a plain ``def`` that takes ``now`` and returns either the delay to sleep or
 the reason to give up (one of :data:`REASONS`); it touches no state but the budget it charges when it
 grants a retry. Everything that awaits lives in ``retry.py``. Also here: the retry events, the
-statistics record, and the parsing of ``retry_after`` hints.
+statistics record, and the reading of server hints (:func:`retry_after_attribute`, the default
+``retry_after=`` reader, and the clamping of whatever a reader returns).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypedDict
+from typing import TypeAlias, TypedDict
 
 from ..core.clock import Clock, loop_time
 from ..core.context import current_deadline
@@ -29,6 +30,8 @@ from .retry_budget import RetryBudget
 __all__ = (
     "ATTEMPT_SLOTS",
     "BACKOFF_BUCKETS",
+    "DEFAULT_MAX_RETRY_AFTER",
+    "HintReader",
     "REASONS",
     "RetryCore",
     "RetryEvent",
@@ -37,6 +40,7 @@ __all__ = (
     "RetryScheduled",
     "RetryStatistics",
     "TRANSIENT_ERRORS",
+    "retry_after_attribute",
 )
 
 
@@ -58,7 +62,19 @@ NOT_RETRYABLE = "not_retryable"
 REJECTED = "rejected"
 DEADLINE = "deadline"
 BUDGET = "budget"
-REASONS = (EXHAUSTED, NOT_RETRYABLE, REJECTED, DEADLINE, BUDGET)
+HINT_TOO_LONG = "retry_after"
+REASONS = (EXHAUSTED, NOT_RETRYABLE, REJECTED, DEADLINE, BUDGET, HINT_TOO_LONG)
+
+DEFAULT_MAX_RETRY_AFTER = 60.0
+"""The default ``max_retry_after``: the longest server hint a :class:`Retry` waits (seconds).
+
+One minute covers the per-minute windows most rate limiters count in, and is as long as a caller
+that is waiting on a request can usually afford; a longer hint gives up rather than being cut
+short (urllib3 clamps to 6 hours instead, a default for batch jobs; ky gives up above its
+``maxRetryAfter``, which is what this follows). The enclosing deadline bounds any wait anyway."""
+
+HintReader: TypeAlias = Callable[[object], float | timedelta | None]
+"""What ``retry_after=`` takes: ``(exception or result) -> seconds | timedelta | None``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +119,8 @@ class RetryStatistics:
     :ivar failures: calls that gave up, by reason: ``exhausted`` (no attempt left),
         ``not_retryable`` (``retry_on`` said no), ``rejected`` (a ``Rejected`` not waited for),
         ``deadline`` (the next attempt could not finish in time, or the deadline had passed before
-        the first), ``budget`` (the retry budget refused).
+        the first), ``budget`` (the retry budget refused), ``retry_after`` (the server's hint was
+        longer than ``max_retry_after``, or infinite).
     :ivar backoff_buckets: the histogram's upper bounds (seconds; Go buckets).
     :ivar backoff_counts: cumulative counts per upper bound (``delay <= bound``).
     :ivar backoff_sum: the sum of the scheduled delays.
@@ -140,12 +157,8 @@ class RetryStatistics:
         return 1.0 if total == 0 else self.successes / total
 
 
-def _hint_seconds(source: object) -> float | None:
-    """The ``retry_after`` of ``source`` in seconds, or ``None`` when absent or garbage."""
-    try:
-        value = getattr(source, "retry_after", None)
-    except Exception:  # a property that raises is no hint
-        return None
+def _seconds(value: object) -> float | None:
+    """A hint value as seconds in ``[0, inf]``; ``None`` for ``None``, NaN and other garbage."""
     if value is None:
         return None
     if isinstance(value, timedelta):
@@ -161,6 +174,20 @@ def _hint_seconds(source: object) -> float | None:
     return seconds if seconds > 0.0 else 0.0
 
 
+def retry_after_attribute(outcome: object) -> float | None:
+    """The default ``retry_after=`` reader: the ``retry_after`` attribute of an exception or result.
+
+    The attribute may hold seconds (an int or a float) or a ``timedelta``. Returns seconds in
+    ``[0, inf]`` (negative hints become 0), or ``None`` when there is no attribute, when it is
+    ``None``, NaN or of another type, or when reading it raises.
+    """
+    try:
+        value = getattr(outcome, "retry_after", None)
+    except Exception:  # a property that raises is no hint
+        return None
+    return _seconds(value)
+
+
 class RetryOptions(TypedDict, total=False):
     """The keyword options of :class:`~dwcp_resilience.Retry` beyond ``max_retries`` and
     ``backoff``: what :meth:`~dwcp_resilience.ResilienceManager.register_retry_policy` passes on,
@@ -173,6 +200,8 @@ class RetryOptions(TypedDict, total=False):
     budget: RetryBudget | None
     wait_rejected: bool
     respect_retry_after: bool
+    retry_after: HintReader | None
+    max_retry_after: float
     clock: Clock | None
     listeners: Iterable[Callable[[RetryEvent], None]]
 
@@ -195,10 +224,12 @@ class RetryCore:
         "_first_failed",
         "_first_interrupted",
         "_first_ok",
+        "_hint_reader",
         "_later_ok",
         "_listeners",
         "_max_attempts",
         "_max_delay",
+        "_max_retry_after",
         "_name",
         "_plain",
         "_respect_hints",
@@ -223,6 +254,8 @@ class RetryCore:
         budget: RetryBudget | None = None,
         wait_rejected: bool = False,
         respect_retry_after: bool = True,
+        retry_after: HintReader | None = None,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
         clock: Clock | None = None,
         listeners: Iterable[Callable[[RetryEvent], None]] = (),
     ) -> None:
@@ -256,6 +289,19 @@ class RetryCore:
             raise TypeError("respect_retry_after must be a bool")
         self._wait_rejected = wait_rejected
         self._respect_hints = respect_retry_after
+        if retry_after is not None:
+            if not callable(retry_after):
+                raise TypeError(
+                    "retry_after must be a callable (exception or result) -> seconds | None"
+                )
+            if not respect_retry_after:
+                raise ValueError("retry_after is given but respect_retry_after=False ignores it")
+        self._hint_reader: HintReader = (
+            retry_after_attribute if retry_after is None else retry_after
+        )
+        self._max_retry_after = check_number(
+            max_retry_after, "max_retry_after", min_value=0.0, allow_inf=True
+        )
         if clock is not None and not callable(clock):
             raise TypeError("clock must be a zero-argument callable returning seconds")
         self._clock: Clock = loop_time if clock is None else clock
@@ -294,6 +340,11 @@ class RetryCore:
     @property
     def budget(self) -> RetryBudget | None:
         return self._budget
+
+    @property
+    def max_retry_after(self) -> float:
+        """The longest server hint this retry waits (seconds); a longer one gives up."""
+        return self._max_retry_after
 
     def statistics(self) -> RetryStatistics:
         """A frozen snapshot of the counters."""
@@ -347,6 +398,15 @@ class RetryCore:
             _log.exception("retry_on predicate of %r raised on %r; not retrying", self._name, exc)
             return False
 
+    def _hint(self, source: object) -> float | None:
+        """The server's hint for ``source`` (an exception or a result), in ``[0, inf]`` or ``None``."""
+        try:
+            value = self._hint_reader(source)
+        except Exception:
+            _log.exception("retry_after reader of %r raised; using the backoff", self._name)
+            return None
+        return _seconds(value)
+
     def _result_retryable(self, result: object) -> bool:
         predicate = self._retry_on_result
         if predicate is None:
@@ -377,13 +437,20 @@ class RetryCore:
     ) -> float | str:
         """Decide after failed attempt ``attempt``: a delay to sleep, or the reason to give up.
 
-        Pure apart from charging the budget, which happens only when a delay is returned.
+        Pure apart from charging the budget, which happens only when a delay is returned. A hint
+        (a ``Rejected``'s with ``wait_rejected``, or the server's) is bounded by
+        ``max_retry_after``; the backoff's own delays by ``max_delay``.
         """
         delay: float | None = None
         if exc is not None:
             if isinstance(exc, Rejected):
                 hint = exc.retry_after
-                if not self._wait_rejected or hint is None or not 0.0 <= hint <= self._max_delay:
+                if (
+                    not self._wait_rejected
+                    or hint is None
+                    or not 0.0 <= hint <= self._max_retry_after
+                    or hint == _INF
+                ):
                     return REJECTED
                 delay = float(hint)
             elif isinstance(exc, NotCallable) or not self._retryable(exc):
@@ -391,15 +458,15 @@ class RetryCore:
         if attempt >= self._max_attempts:
             return EXHAUSTED
         if delay is None:
-            hint = (
-                _hint_seconds(exc if exc is not None else result) if self._respect_hints else None
-            )
+            hint = self._hint(exc if exc is not None else result) if self._respect_hints else None
             if hint is None:
                 delay = self._backoff.delay(attempt, self._rng, prev)
+                if not 0.0 <= delay <= self._max_delay:  # a custom backoff that misbehaves
+                    delay = self._max_delay if delay > self._max_delay else 0.0
+            elif hint > self._max_retry_after or hint == _INF:
+                return HINT_TOO_LONG
             else:
-                delay = hint if hint <= self._max_delay else self._max_delay
-        if not 0.0 <= delay <= self._max_delay:  # a custom backoff that misbehaves
-            delay = self._max_delay if delay > self._max_delay else 0.0
+                delay = hint
         if deadline != _INF and now + delay + duration >= deadline:
             return DEADLINE
         if self._budget is not None and not self._budget.try_acquire_retry(now):
