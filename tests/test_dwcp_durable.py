@@ -26,6 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from dwcp_resilience.dwcp import DurableMailboxes, MailboxStoreError, SQLiteJournal
 from dwcp_resilience.dwcp.errors import ConnectionLost, IncompleteFrame
+from dwcp_resilience.dwcp.journal import Synchronous
 from dwcp_resilience.dwcp.mailbox import Mailboxes, StoredMessage
 from dwcp_resilience.dwcp.peer import DWCPPeer
 from dwcp_resilience.dwcp.protocol import new_message_id
@@ -189,18 +190,38 @@ def test_a_smaller_dedup_window_at_reopen_forgets_the_oldest_ids_for_good(tmp_pa
     journal.close()
 
 
-def test_a_file_that_disagrees_with_the_core_stops_the_commit(tmp_path: Path) -> None:
-    journal, mail = opened(tmp_path / "mail.db")
+def test_a_file_that_disagrees_with_the_core_fails_the_whole_transaction(tmp_path: Path) -> None:
+    path = tmp_path / "mail.db"
+    journal, mail = opened(path)
+    mail.store("bob", bytes([1]) * 16, "", b"")
     journal.removed("bob", bytes(16))  # a change the file never saw the message of
     with pytest.raises(MailboxStoreError, match="disagree"):
         journal.commit()
-    mail.store("bob", bytes(16), "", b"")
-    assert journal.commit() == 1  # the failed transaction left nothing behind
     journal.close()
     journal.close()  # idempotent
     with pytest.raises(MailboxStoreError, match="not open"):
         journal.write([("DELETE FROM seen", ())])
     assert "closed" in repr(journal)
+    journal, mail = opened(path)
+    assert len(mail) == 0  # the store in the same transaction was rolled back
+    journal.close()
+
+
+def test_the_file_is_in_wal_mode_locked_and_synchronous_as_asked(tmp_path: Path) -> None:
+    cases: list[tuple[Synchronous, int]] = [("FULL", 2), ("NORMAL", 1)]
+    for synchronous, level in cases:
+        journal = SQLiteJournal(tmp_path / f"{synchronous}.db", synchronous=synchronous)
+        journal.open(Mailboxes(journal=journal))
+        conn = journal._conn
+        assert conn is not None
+        pragma = [
+            conn.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("journal_mode", "locking_mode", "synchronous")
+        ]
+        assert pragma == ["wal", "exclusive", level]
+        assert f"synchronous={synchronous}" in repr(journal)
+        journal.close()
+    assert SQLiteJournal(tmp_path / "default.db").synchronous == "FULL"
 
 
 def test_open_errors_are_clear(tmp_path: Path) -> None:

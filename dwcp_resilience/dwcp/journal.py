@@ -78,6 +78,13 @@ def _check_path(path: object) -> str:
     return check_name(os.fspath(path), "path")
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    # SQLite rolls some failures back itself (a full disk, an I/O error): ROLLBACK would then fail
+    # and hide the error that matters.
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
 class SQLiteJournal:
     """The synchronous half: a :class:`~dwcp_resilience.dwcp.mailbox.MailboxJournal` on one SQLite
     file. Each change is queued as a statement on the caller's thread; :meth:`write` runs queued
@@ -191,7 +198,7 @@ class SQLiteJournal:
         try:
             self._schema(conn)
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         conn.execute("COMMIT")
 
@@ -242,10 +249,10 @@ class SQLiteJournal:
         conn.execute("BEGIN IMMEDIATE")
         try:
             self._apply(conn, changes)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
-        conn.execute("COMMIT")
 
     def _apply(self, conn: sqlite3.Connection, changes: list[Change]) -> None:
         for statement, group in groupby(changes, key=itemgetter(0)):
