@@ -57,6 +57,8 @@ class Case:
     # Throughput cases time a whole workload instead of serial calls: measure(call) -> seconds/op.
     measure: Callable[[Call], Awaitable[float]] | None = None
     include_baseline: bool = True
+    # A unit such as "msg/s": each loop also gets a column of operations per second (1 / median).
+    throughput: str = ""
 
 
 async def _bare(op: Op) -> Call:
@@ -130,6 +132,9 @@ def format_case(case: Case, results: dict[str, list[Row]]) -> str:
     for loop in loops:
         header += f" {loop} ns/op | {loop} min-max | {loop} ratio |"
         rule += "---:|---:|---:|"
+        if case.throughput:
+            header += f" {loop} {case.throughput} |"
+            rule += "---:|"
     lines = [f"### {case.title}", ""]
     if case.note:
         lines += [case.note, ""]
@@ -145,5 +150,7 @@ def format_case(case: Case, results: dict[str, list[Row]]) -> str:
             row = rows[index]
             lo, hi = min(row.samples) * 1e9, max(row.samples) * 1e9
             line += f" {row.median * 1e9:,.0f} | {lo:,.0f}-{hi:,.0f} | {row.median / base:.2f}x |"
+            if case.throughput:
+                line += f" {1 / row.median:,.0f} |"
         lines.append(line)
     return "\n".join(lines) + "\n"

@@ -6,6 +6,8 @@ connection, and a chaos proxy that injects network faults.
   ``PeerError`` (the peer answered ERROR), and :func:`is_retryable`;
 - :mod:`.transport`: :class:`DWCPConnection`, one request/response per operation, pipelined;
 - :mod:`.mailbox`: the peer's pure core (bounded mailboxes, de-duplication, delivery leases);
+- :mod:`.journal` and :mod:`.durable`: that core kept in SQLite (WAL mode; group commit in a
+  worker thread: :class:`DurableMailboxes`);
 - :mod:`.peer`: :class:`DWCPPeer`, a TCP server on loopback;
 - :mod:`.proxy`: :class:`ChaosProxy`; :mod:`.faults`: the faults it injects and its schedules;
 - :mod:`.client`: :class:`DWCPResilientClient`, every operation through a ResilienceManager;
@@ -13,6 +15,7 @@ connection, and a chaos proxy that injects network faults.
 """
 
 from .client import CONNECT, DISCOVER, RECEIVE, SEND, DWCPResilienceConfig, DWCPResilientClient
+from .durable import DurableMailboxes, DurableStatistics
 from .errors import (
     BadChecksum,
     BadMagic,
@@ -38,7 +41,8 @@ from .errors import (
     mark_repeat_fault,
 )
 from .faults import Bandwidth, Corrupt, Drop, Fault, Latency, ResetPeer, Slicer, Stall
-from .mailbox import Mailboxes, StoredMessage, StoreResult
+from .journal import MailboxStoreError, SQLiteJournal
+from .mailbox import Mailboxes, MailboxJournal, StoredMessage, StoreResult
 from .peer import DWCPPeer, PeerStatistics
 from .protocol import (
     CHECKSUM_SIZE,
@@ -79,6 +83,8 @@ __all__ = (
     "DWCPResilientClient",
     "Delivery",
     "Drop",
+    "DurableMailboxes",
+    "DurableStatistics",
     "ErrorCode",
     "Fault",
     "Frame",
@@ -88,6 +94,8 @@ __all__ = (
     "HEADER_SIZE",
     "IncompleteFrame",
     "Latency",
+    "MailboxJournal",
+    "MailboxStoreError",
     "Mailboxes",
     "MessageType",
     "PeerError",
@@ -98,6 +106,7 @@ __all__ = (
     "RECEIVE",
     "ResetPeer",
     "SEND",
+    "SQLiteJournal",
     "Slicer",
     "Stall",
     "StoreResult",

@@ -11,6 +11,12 @@ drive them directly.
   with the message id for the reader to de-duplicate.
 - Memory is bounded: ``capacity`` messages per mailbox, ``max_nodes`` mailboxes, ``dedup_window``
   remembered ids; an empty mailbox is removed.
+
+Persistence is not decided here: a :class:`MailboxJournal` passed as ``journal`` is told every change
+the core made, in order (a message stored, leased, back at the front, removed; an id remembered or
+forgotten), and mirrors it. :class:`~dwcp_resilience.dwcp.durable.DurableMailboxes` is such a
+journal, on SQLite; it rebuilds a core from disk with :meth:`Mailboxes.load`,
+:meth:`Mailboxes.load_seen` and :meth:`Mailboxes.release_all`.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 from ..core.validate import check_int, check_number
 
-__all__ = ("Mailboxes", "StoreResult", "StoredMessage")
+__all__ = ("MailboxJournal", "Mailboxes", "StoreResult", "StoredMessage")
 
 
 class StoreResult(Enum):
@@ -44,6 +51,33 @@ class StoredMessage:
     leased_at: float = 0.0
 
 
+class MailboxJournal(Protocol):
+    """What a store is told of each change :class:`Mailboxes` makes, in the order it makes them.
+
+    Plain calls, made inside the core's own ``def``\\ s (on the event loop): keep them cheap and let
+    them not raise (record the change, write it later). The ``message`` objects are the core's own,
+    read them at once: the core changes them later.
+    """
+
+    def stored(self, node: str, message: StoredMessage) -> None:
+        """``message`` now waits at the back of ``node``'s mailbox."""
+
+    def leased(self, node: str, message: StoredMessage) -> None:
+        """``message`` was handed out (its ``deliveries`` went up by one)."""
+
+    def returned(self, node: str, message: StoredMessage) -> None:
+        """``message``'s lease ended (released or expired): it waits again, at the front."""
+
+    def removed(self, node: str, message_id: bytes) -> None:
+        """The message was acknowledged by its reader and is gone."""
+
+    def remembered(self, node: str, message_id: bytes) -> None:
+        """The id joins the de-duplication window (newest)."""
+
+    def forgotten(self, node: str, message_id: bytes) -> None:
+        """The id left the de-duplication window."""
+
+
 @dataclass(slots=True, eq=False)
 class _Box:
     waiting: OrderedDict[bytes, StoredMessage] = field(default_factory=OrderedDict)
@@ -61,6 +95,7 @@ class Mailboxes:
         "_capacity",
         "_dedup_window",
         "_holders",
+        "_journal",
         "_lease_timeout",
         "_max_nodes",
         "_seen",
@@ -79,6 +114,7 @@ class Mailboxes:
         max_nodes: int = 10_000,
         dedup_window: int = 100_000,
         lease_timeout: float = 30.0,
+        journal: MailboxJournal | None = None,
     ) -> None:
         self._capacity = check_int(capacity, "capacity", min_value=1)
         self._max_nodes = check_int(max_nodes, "max_nodes", min_value=1)
@@ -89,6 +125,7 @@ class Mailboxes:
         self._boxes: dict[str, _Box] = {}
         self._seen: OrderedDict[tuple[str, bytes], None] = OrderedDict()
         self._holders: dict[int, dict[tuple[str, bytes], None]] = {}
+        self._journal = journal
         self.stored = self.duplicates = self.rejected_full = 0
         self.deliveries = self.redeliveries = self.delivered = 0
 
@@ -131,8 +168,10 @@ class Mailboxes:
         elif len(box) >= self._capacity:
             self.rejected_full += 1
             return StoreResult.FULL
-        box.waiting[message_id] = StoredMessage(message_id, sender, body)
+        message = box.waiting[message_id] = StoredMessage(message_id, sender, body)
         self.stored += 1
+        if self._journal is not None:
+            self._journal.stored(recipient, message)
         return StoreResult.STORED
 
     def take(self, node: str, holder: int, now: float) -> StoredMessage | None:
@@ -152,6 +191,8 @@ class Mailboxes:
         self.deliveries += 1
         if message.deliveries > 1:
             self.redeliveries += 1
+        if self._journal is not None:
+            self._journal.leased(node, message)
         return message
 
     def ack(self, node: str, message_id: bytes) -> bool:
@@ -171,6 +212,8 @@ class Mailboxes:
                 if not leases:
                     del self._holders[message.holder]
         self.delivered += 1
+        if self._journal is not None:
+            self._journal.removed(node, message_id)
         self._remember(node, message_id)
         if not box:
             del self._boxes[node]
@@ -188,11 +231,67 @@ class Mailboxes:
             if box is None or message is None or message.holder != holder:
                 continue
             del box.leased[mid]
-            message.holder = None
-            box.waiting[mid] = message
-            box.waiting.move_to_end(mid, last=False)
+            self._wait_again(node, box, message)
             returned += 1
         return returned
+
+    def release_all(self) -> int:
+        """Every holder went away (a restart): each leased message waits again at the front of
+        its mailbox, the oldest lease first. Returns how many."""
+        self._holders.clear()
+        returned = 0
+        for node, box in self._boxes.items():
+            leased = box.leased
+            while leased:
+                _, message = (
+                    leased.popitem()
+                )  # the newest lease first: it ends up behind the others
+                self._wait_again(node, box, message)
+                returned += 1
+        return returned
+
+    # -- loading a stored state (no checks, no journal of the message itself) ----------------------------
+
+    def load(
+        self,
+        node: str,
+        message_id: bytes,
+        sender: str,
+        body: bytes,
+        *,
+        deliveries: int = 0,
+        leased: bool = False,
+    ) -> None:
+        """Put back a message read from storage, behind the others of its kind in ``node``'s mailbox.
+
+        A ``leased`` one is a lease of a past run: it has no holder and has expired already; call
+        :meth:`release_all` once everything is loaded. ``capacity`` and ``max_nodes`` are not
+        checked (they gate new messages; a stored one was acknowledged to its sender already).
+        """
+        box = self._boxes.get(node)
+        if box is None:
+            box = self._boxes[node] = _Box()
+        message = StoredMessage(message_id, sender, body, deliveries)
+        if leased:
+            message.leased_at = float("-inf")
+            box.leased[message_id] = message
+        else:
+            box.waiting[message_id] = message
+
+    def load_seen(self, node: str, message_id: bytes) -> None:
+        """Put back an acknowledged id read from storage (oldest first); the window keeps the newest
+        ``dedup_window`` ids and tells the journal which ones it forgot."""
+        self._remember(node, message_id, loaded=True)
+
+    # -- internals -----------------------------------------------------------------------------------------
+
+    def _wait_again(self, node: str, box: _Box, message: StoredMessage) -> None:
+        """A lease ended: ``message`` (already out of ``box.leased``) waits again, at the front."""
+        message.holder = None
+        box.waiting[message.message_id] = message
+        box.waiting.move_to_end(message.message_id, last=False)
+        if self._journal is not None:
+            self._journal.returned(node, message)
 
     def _expire(self, node: str, box: _Box, now: float) -> None:
         deadline = now - self._lease_timeout
@@ -211,17 +310,22 @@ class Mailboxes:
                     leases.pop((node, message.message_id), None)
                     if not leases:
                         del self._holders[message.holder]
-            message.holder = None
-            box.waiting[message.message_id] = message
-            box.waiting.move_to_end(message.message_id, last=False)
+            self._wait_again(node, box, message)
 
-    def _remember(self, node: str, message_id: bytes) -> None:
+    def _remember(self, node: str, message_id: bytes, *, loaded: bool = False) -> None:
+        journal = self._journal
         if self._dedup_window == 0:
+            if loaded and journal is not None:
+                journal.forgotten(node, message_id)
             return
         seen = self._seen
         seen[node, message_id] = None
+        if journal is not None and not loaded:
+            journal.remembered(node, message_id)
         if len(seen) > self._dedup_window:
-            seen.popitem(last=False)
+            old_node, old_id = seen.popitem(last=False)[0]
+            if journal is not None:
+                journal.forgotten(old_node, old_id)
 
     def __repr__(self) -> str:
         return (

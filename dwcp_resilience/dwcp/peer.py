@@ -10,6 +10,13 @@ frame over the maximum, a reply type sent as a request, a half-closed socket mid
 frame addressed to the offending request where its header could be read, and is closed; its leases
 are released, so the messages it was handed out wait again. Every other connection is unaffected.
 
+Mailboxes live in memory by default. With ``store_path=`` they are kept in SQLite
+(:class:`~dwcp_resilience.dwcp.durable.DurableMailboxes`): the file is loaded when the peer starts
+serving, and the answers to SEND, RECEIVE and DELIVER_ACK are written only once their changes are
+committed, so a SEND's ACK survives a crash of the peer (and a power loss, with the default
+``store_synchronous="FULL"``). A failed commit stops the peer (``serve`` raises
+:class:`~dwcp_resilience.dwcp.journal.MailboxStoreError`); a restart recovers the committed state.
+
 Lifetime: ``async with DWCPPeer("a") as peer:`` (then ``peer.port``), or ``await tg.start(peer.serve)``
 inside your own task group, or ``await peer.start()`` / ``await peer.aclose()`` from the same task.
 """
@@ -17,6 +24,7 @@ inside your own task group, or ``await peer.start()`` / ``await peer.aclose()`` 
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,7 +37,9 @@ from anyio.abc import SocketAttribute
 from ..core.clock import loop_time
 from ..core.validate import check_int, check_name, check_number
 from ._service import BackgroundService, accept_forever
+from .durable import DurableMailboxes
 from .errors import ErrorCode, ProtocolError, UnexpectedFrame
+from .journal import MailboxStoreError, Synchronous
 from .mailbox import Mailboxes, StoreResult
 from .protocol import (
     DEFAULT_MAX_PAYLOAD,
@@ -60,6 +70,9 @@ _READ_SIZE = 65536
 _NO_ID = bytes(16)
 _ERROR_SEND_TIMEOUT = 1.0
 M = MessageType
+# The requests whose answers wait for a durable store's commit (a duplicate SEND included: its
+# first copy may still be in flight).
+_COMMIT_FIRST = frozenset({M.SEND, M.RECEIVE, M.DELIVER_ACK})
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +137,10 @@ class DWCPPeer(BackgroundService):
         idle_timeout: close a connection that sends nothing for this long (``None``: never).
         send_timeout: close a connection that does not read its answers for this long.
         max_known_peers: how many peers that said HELLO are remembered (oldest forgotten first).
+        store_path: ``None`` (default): mailboxes in memory, lost with the process. A file path:
+            mailboxes in SQLite there (see :class:`DurableMailboxes`), loaded at each start.
+        store_synchronous: ``"FULL"`` (default: an acknowledged message survives power loss) or
+            ``"NORMAL"`` (it survives a crash of the process only); used with ``store_path``.
     """
 
     def __init__(
@@ -142,6 +159,8 @@ class DWCPPeer(BackgroundService):
         idle_timeout: float | None = None,
         send_timeout: float = 10.0,
         max_known_peers: int = 1024,
+        store_path: str | os.PathLike[str] | None = None,
+        store_synchronous: Synchronous = "FULL",
     ) -> None:
         self.node_id = check_name(node_id, "node_id")
         self.host = check_name(host, "host")
@@ -152,6 +171,18 @@ class DWCPPeer(BackgroundService):
             max_nodes=max_nodes,
             dedup_window=dedup_window,
             lease_timeout=lease_timeout,
+        )
+        self._store = (
+            None
+            if store_path is None
+            else DurableMailboxes(
+                store_path,
+                capacity=mailbox_capacity,
+                max_nodes=max_nodes,
+                dedup_window=dedup_window,
+                lease_timeout=lease_timeout,
+                synchronous=store_synchronous,
+            )
         )
         self._max_payload = check_int(max_payload, "max_payload", min_value=0)
         self._max_connections = check_int(max_connections, "max_connections", min_value=1)
@@ -189,8 +220,14 @@ class DWCPPeer(BackgroundService):
 
     @property
     def mailboxes(self) -> Mailboxes:
-        """The pure mailbox core (read it; change it only through the protocol)."""
+        """The pure mailbox core (read it; change it only through the protocol). With a
+        ``store_path``, the one loaded at the last start."""
         return self._mail
+
+    @property
+    def store(self) -> DurableMailboxes | None:
+        """The SQLite store given by ``store_path`` (``None`` in memory)."""
+        return self._store
 
     def known_peers(self) -> tuple[PeerInfo, ...]:
         """What DISCOVER answers: the seeds, then the peers that said HELLO (newest last)."""
@@ -239,24 +276,37 @@ class DWCPPeer(BackgroundService):
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen and serve until cancelled; ``task_status.started(port)`` once listening."""
-        listener = await anyio.create_tcp_listener(
-            local_host=self.host, local_port=self._requested_port
-        )
-        async with listener, anyio.create_task_group() as tg:
-            self._port = listener.extra(SocketAttribute.local_port)
-            tg.start_soon(self._watchdog)
-            task_status.started(self._port)
-            try:
-                await accept_forever(
-                    listener,
-                    self._handle,
-                    tg,
-                    name=f"peer {self.node_id!r}",
-                    on_capacity_error=self._on_accept_error,
-                )
-            finally:
-                self._port = None
+        """Listen and serve until cancelled; ``task_status.started(port)`` once listening (and,
+        with a ``store_path``, once the stored mailboxes are loaded).
+
+        Raises:
+            MailboxStoreError: the store cannot be opened; or, inside an ``ExceptionGroup`` from
+                the peer's task group, a commit failed (fail-stop).
+        """
+        store = self._store
+        if store is not None:
+            self._mail = await store.open()
+        try:
+            listener = await anyio.create_tcp_listener(
+                local_host=self.host, local_port=self._requested_port
+            )
+            async with listener, anyio.create_task_group() as tg:
+                self._port = listener.extra(SocketAttribute.local_port)
+                tg.start_soon(self._watchdog)
+                task_status.started(self._port)
+                try:
+                    await accept_forever(
+                        listener,
+                        self._handle,
+                        tg,
+                        name=f"peer {self.node_id!r}",
+                        on_capacity_error=self._on_accept_error,
+                    )
+                finally:
+                    self._port = None
+        finally:
+            if store is not None:
+                await store.aclose()  # commits the releases of the closed connections
 
     def _on_accept_error(self, exc: OSError) -> None:
         self._accept_errors += 1
@@ -297,6 +347,8 @@ class DWCPPeer(BackgroundService):
         except ProtocolError as exc:
             self._protocol_errors += 1
             await self._send_error(stream, exc.message_id or _NO_ID, exc.code, str(exc))
+        except MailboxStoreError:
+            raise  # fail-stop: the peer's memory holds changes its disk does not
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             self._connection_errors += 1  # reset, broken pipe
         except Exception:  # never let one connection take the server down
@@ -313,6 +365,7 @@ class DWCPPeer(BackgroundService):
     ) -> None:
         decoder = conn.decoder
         idle = self._idle_timeout is not None
+        store = self._store
         while True:
             if idle:
                 conn.since = loop_time()
@@ -325,12 +378,18 @@ class DWCPPeer(BackgroundService):
             decoder.feed(data)
             replies: list[bytes] = []
             error: ProtocolError | None = None
+            commit = False
             try:
                 while (frame := decoder.next_frame()) is not None:
                     self._frames_in += 1
                     replies.append(self._answer(cid, frame))
+                    if store is not None and frame.type in _COMMIT_FIRST:
+                        commit = True
             except ProtocolError as exc:
                 error = exc  # answer the good frames before it first
+            if commit:
+                assert store is not None
+                await store.commit()  # group commit with the other connections' changes
             if replies:
                 out = b"".join(replies)
                 conn.since = loop_time()
