@@ -366,12 +366,21 @@ async def test_reset_mid_frame_is_a_connection_error_and_releases_leases() -> No
         assert delivery.redelivered
 
 
-async def test_idle_timeout_closes_a_stalled_partial_frame() -> None:
-    """Slowloris: half a header, then nothing: closed after idle_timeout, the slot comes back."""
-    async with peer_and_client(idle_timeout=0.1) as (peer, _):
+async def test_frame_timeout_closes_a_stalled_partial_frame() -> None:
+    """Slowloris: half a header, then nothing: closed after frame_timeout, the slot comes back."""
+    async with peer_and_client(frame_timeout=0.1) as (peer, _):
         bad = await anyio.connect_tcp("127.0.0.1", peer.port)
         async with bad:
             await bad.send(GOOD_PING[:10])
+            with anyio.fail_after(2):
+                assert await read_to_eof(bad) == b""
+        assert peer.statistics().connection_errors >= 1
+
+
+async def test_idle_timeout_closes_a_silent_connection() -> None:
+    async with peer_and_client(idle_timeout=0.1) as (peer, _):
+        bad = await anyio.connect_tcp("127.0.0.1", peer.port)
+        async with bad:
             with anyio.fail_after(2):
                 assert await read_to_eof(bad) == b""
         assert peer.statistics().connection_errors >= 1

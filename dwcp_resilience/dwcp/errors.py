@@ -202,10 +202,11 @@ class PeerError(DWCPError):
         detail: the peer's message.
     """
 
-    def __init__(self, code: int, detail: str = "") -> None:
-        super().__init__(code, detail)
+    def __init__(self, code: int, detail: str = "", retry_after: float | None = None) -> None:
+        super().__init__(code, detail, retry_after)
         self.code = code
         self.detail = detail
+        self.retry_after = retry_after  # seconds, when the peer said (a BUSY peer does)
 
     @property
     def retryable(self) -> bool:

@@ -3,7 +3,10 @@
 One task per connection reads frames, answers each from the pure :class:`Mailboxes` core (no
 ``await`` between reading and writing state), and writes the answers of one read in one send. Each
 connection costs at most one read buffer plus one frame (``max_payload``), and there are at most
-``max_connections`` of them; a connection over the limit gets ``ERROR BUSY`` and is closed.
+``max_connections`` of them (``max_connections_per_source`` per remote address). Who gets a slot,
+and who is closed to make room (idle, trickling frames, eviction of the longest-unproductive
+connection under pressure) is :class:`~dwcp_resilience.dwcp.slots.ConnectionSlots`; a connection
+that finds no slot gets ``ERROR BUSY`` with a ``retry_after`` and is closed.
 
 A misbehaving connection (garbage, a 2**63 length prefix, a partial frame then EOF, an unknown type, a
 frame over the maximum, a reply type sent as a request, a half-closed socket mid-frame) gets an ERROR
@@ -35,7 +38,7 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 
 from ..core.clock import loop_time
-from ..core.validate import check_int, check_name, check_number
+from ..core.validate import check_int, check_name
 from ._service import BackgroundService, accept_forever
 from .durable import DurableMailboxes
 from .errors import ErrorCode, ProtocolError, UnexpectedFrame
@@ -61,6 +64,7 @@ from .protocol import (
     encode_hello,
     encode_peers,
 )
+from .slots import ConnectionSlots, Slot
 
 __all__ = ("DWCPPeer", "PeerStatistics")
 
@@ -103,16 +107,23 @@ class PeerStatistics:
 
 
 class _Conn:
-    """One connection's state, for the watchdog: which scope to cancel, and since when it waits."""
+    """One connection: its decoder, the scope that closes it, and its slot."""
 
-    __slots__ = ("decoder", "scope", "sending", "since", "timed_out")
+    __slots__ = ("decoder", "scope", "slot")
 
-    def __init__(self, decoder: FrameDecoder, now: float) -> None:
+    def __init__(self, decoder: FrameDecoder, scope: anyio.CancelScope, slot: Slot) -> None:
         self.decoder = decoder
-        self.scope = anyio.CancelScope()
-        self.since = now
-        self.sending = False
-        self.timed_out = False
+        self.scope = scope
+        self.slot = slot
+
+
+def _source(stream: anyio.abc.SocketStream) -> str:
+    """The remote host of ``stream`` (its per-source slot count is kept under that name)."""
+    try:
+        address = stream.extra(SocketAttribute.remote_address)
+    except (anyio.TypedAttributeLookupError, OSError):
+        return ""
+    return str(address[0]) if isinstance(address, tuple) else str(address)
 
 
 def _seed(value: str | PeerInfo) -> PeerInfo:
@@ -134,8 +145,14 @@ class DWCPPeer(BackgroundService):
         max_nodes, dedup_window, lease_timeout: see :class:`Mailboxes`.
         max_payload: the largest frame payload accepted.
         max_connections: open connections at once; more get ``ERROR BUSY`` and are closed.
-        idle_timeout: close a connection that sends nothing for this long (``None``: never).
+        max_connections_per_source: open connections per remote address (``None``: no cap).
+        idle_timeout: close a connection that sends nothing between frames for this long
+            (``None``: never).
+        frame_timeout: close a connection whose frame has not arrived whole this long after its
+            first byte (a slowloris writer), however many bytes trickle in.
         send_timeout: close a connection that does not read its answers for this long.
+        evict_after: when no slot is free, close the connection that has been unproductive
+            (idle, or inside one frame) longest if that lasted this long (``inf``: never).
         max_known_peers: how many peers that said HELLO are remembered (oldest forgotten first).
         store_path: ``None`` (default): mailboxes in memory, lost with the process. A file path:
             mailboxes in SQLite there (see :class:`DurableMailboxes`), loaded at each start.
@@ -156,8 +173,11 @@ class DWCPPeer(BackgroundService):
         lease_timeout: float = 30.0,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         max_connections: int = 1024,
-        idle_timeout: float | None = None,
+        max_connections_per_source: int | None = 256,
+        idle_timeout: float | None = 60.0,
+        frame_timeout: float = 10.0,
         send_timeout: float = 10.0,
+        evict_after: float = 1.0,
         max_known_peers: int = 1024,
         store_path: str | os.PathLike[str] | None = None,
         store_synchronous: Synchronous = "FULL",
@@ -185,14 +205,13 @@ class DWCPPeer(BackgroundService):
             )
         )
         self._max_payload = check_int(max_payload, "max_payload", min_value=0)
-        self._max_connections = check_int(max_connections, "max_connections", min_value=1)
-        self._idle_timeout = (
-            None
-            if idle_timeout is None
-            else check_number(idle_timeout, "idle_timeout", min_value=0, allow_zero=False)
-        )
-        self._send_timeout = check_number(
-            send_timeout, "send_timeout", min_value=0, allow_zero=False
+        self._slots = ConnectionSlots(
+            max_connections=max_connections,
+            max_per_source=max_connections_per_source,
+            idle_timeout=idle_timeout,
+            frame_timeout=frame_timeout,
+            send_timeout=send_timeout,
+            evict_after=evict_after,
         )
         self._max_known = check_int(max_known_peers, "max_known_peers", min_value=0)
         self._known: OrderedDict[str, str] = OrderedDict()
@@ -200,7 +219,7 @@ class DWCPPeer(BackgroundService):
         self._ids = count(1)
         self._port: int | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._total = self._rejected = self._protocol_errors = self._connection_errors = 0
+        self._total = self._protocol_errors = self._connection_errors = 0
         self._accept_errors = 0
         self._frames_in = self._frames_out = self._bytes_in = self._bytes_out = 0
 
@@ -244,7 +263,7 @@ class DWCPPeer(BackgroundService):
             self.node_id,
             len(self._conns),
             self._total,
-            self._rejected,
+            self._slots.rejected,
             self._frames_in,
             self._frames_out,
             self._bytes_in,
@@ -312,18 +331,12 @@ class DWCPPeer(BackgroundService):
         self._accept_errors += 1
 
     async def _watchdog(self) -> None:
-        """One task closes the connections that sat too long in a read or a send."""
-        idle, send = self._idle_timeout, self._send_timeout
-        period = min(1.0, max(0.01, min(send, idle or send) / 4))
-        conns = self._conns
+        """One task closes the connections past their idle, frame or send timeout."""
+        slots = self._slots
+        period = slots.period()
         while True:
             await anyio.sleep(period)
-            now = loop_time()
-            for conn in conns.values():
-                limit = send if conn.sending else idle
-                if limit is not None and now - conn.since > limit:
-                    conn.timed_out = True
-                    conn.scope.cancel()
+            slots.expire(loop_time())
 
     def _already_serving(self) -> str:
         return f"peer {self.node_id!r} is already serving"
@@ -332,18 +345,21 @@ class DWCPPeer(BackgroundService):
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
         cid = next(self._ids)
-        if len(self._conns) >= self._max_connections:
-            self._rejected += 1
-            await self._send_error(stream, _NO_ID, ErrorCode.BUSY, "too many connections")
+        scope = anyio.CancelScope()
+        slot = self._slots.admit(_source(stream), loop_time(), scope.cancel)
+        if not isinstance(slot, Slot):
+            await self._send_error(
+                stream, _NO_ID, ErrorCode.BUSY, "too many connections", retry_after=slot
+            )
             await anyio.aclose_forcefully(stream)
             return
         self._total += 1
-        conn = self._conns[cid] = _Conn(FrameDecoder(self._max_payload), loop_time())
+        conn = self._conns[cid] = _Conn(FrameDecoder(self._max_payload), scope, slot)
         try:
-            with conn.scope:
+            with scope:
                 await self._serve_connection(cid, stream, conn)
-            if conn.timed_out:
-                self._connection_errors += 1  # idle or send timeout
+            if slot.closed_by is not None:
+                self._connection_errors += 1  # a timeout, or evicted to make room
         except ProtocolError as exc:
             self._protocol_errors += 1
             await self._send_error(stream, exc.message_id or _NO_ID, exc.code, str(exc))
@@ -355,6 +371,7 @@ class DWCPPeer(BackgroundService):
             log.exception("peer %r: connection %d failed", self.node_id, cid)
             self._connection_errors += 1
         finally:
+            self._slots.release(slot)
             del self._conns[cid]
             self._mail.release(cid)
             with anyio.CancelScope(shield=True):
@@ -363,19 +380,19 @@ class DWCPPeer(BackgroundService):
     async def _serve_connection(
         self, cid: int, stream: anyio.abc.SocketStream, conn: _Conn
     ) -> None:
-        decoder = conn.decoder
-        idle = self._idle_timeout is not None
+        decoder, slot = conn.decoder, conn.slot
         store = self._store
         while True:
-            if idle:
-                conn.since = loop_time()
             try:
                 data = await stream.receive(_READ_SIZE)
             except anyio.EndOfStream:
                 decoder.eof()  # IncompleteFrame if the stream ended inside a frame
                 return
             self._bytes_in += len(data)
+            if not decoder.buffered:
+                slot.frame_since = loop_time()  # a frame begins: frame_timeout runs
             decoder.feed(data)
+            slot.busy = True
             replies: list[bytes] = []
             error: ProtocolError | None = None
             commit = False
@@ -392,19 +409,31 @@ class DWCPPeer(BackgroundService):
                 await store.commit()  # group commit with the other connections' changes
             if replies:
                 out = b"".join(replies)
-                conn.since = loop_time()
-                conn.sending = True
+                slot.since = loop_time()
+                slot.sending = True
                 await stream.send(out)
-                conn.sending = False
+                slot.sending = False
                 self._frames_out += len(replies)
                 self._bytes_out += len(out)
             if error is not None:
                 raise error
+            slot.busy = False
+            if replies:
+                slot.since = loop_time()  # idle from now
+                # What is left (if anything) is the start of the next frame: its time runs now.
+                slot.frame_since = slot.since if decoder.buffered else None
 
     async def _send_error(
-        self, stream: anyio.abc.SocketStream, message_id: bytes, code: ErrorCode, detail: str
+        self,
+        stream: anyio.abc.SocketStream,
+        message_id: bytes,
+        code: ErrorCode,
+        detail: str,
+        *,
+        retry_after: float | None = None,
     ) -> None:
-        frame = encode_frame(M.ERROR, message_id, encode_error(code, detail), FLAG_CLOSING)
+        payload = encode_error(code, detail, retry_after)
+        frame = encode_frame(M.ERROR, message_id, payload, FLAG_CLOSING)
         with anyio.move_on_after(_ERROR_SEND_TIMEOUT):
             try:
                 await stream.send(frame)

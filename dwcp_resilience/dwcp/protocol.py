@@ -37,7 +37,8 @@ Payloads (``str`` fields are a u8 length then UTF-8, so at most 255 bytes)::
     DELIVER_ACK  node_id: str, message_id: 16 bytes -> ACK
     DISCOVER     (empty)                           -> PEERS: u16 count, then node_id: str, address: str
     PING         any bytes                         -> PONG with the same bytes
-    ERROR        code: u16, detail: UTF-8 rest     (the answer to a request that failed);
+    ERROR        code: u16, retry_after: u32 ms (0: none), detail: UTF-8 rest
+                                                   (the answer to a request that failed);
                  FLAG_CLOSING if the connection ends with it
 
 Everything here is pure: :func:`encode_frame` and :class:`FrameDecoder` do no I/O. The decoder takes
@@ -47,6 +48,7 @@ garbage stream or a 2**63 length prefix fails at once, without waiting for or al
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -82,6 +84,7 @@ __all__ = (
     "decode_deliver",
     "decode_deliver_ack",
     "decode_error",
+    "decode_error_retry_after",
     "decode_hello",
     "decode_peers",
     "decode_receive",
@@ -444,14 +447,27 @@ def decode_peers(payload: bytes) -> tuple[PeerInfo, ...]:
     return peers
 
 
-def encode_error(code: int, detail: str = "") -> bytes:
-    """ERROR payload: a u16 code and a UTF-8 detail (cut to 1 KiB)."""
-    return struct.pack(">H", code) + detail.encode()[:1024]
+def encode_error(code: int, detail: str = "", retry_after: float | None = None) -> bytes:
+    """ERROR payload: a u16 code, a u32 ``retry_after`` in milliseconds (0: none; a BUSY peer
+    says when to come back) and a UTF-8 detail (cut to 1 KiB)."""
+    millis = 0 if retry_after is None else min(0xFFFFFFFF, max(1, math.ceil(retry_after * 1000)))
+    return _ERROR_HEAD.pack(code, millis) + detail.encode()[:1024]
 
 
 def decode_error(payload: bytes) -> tuple[int, str]:
     """Parse an ERROR payload into (code, detail)."""
-    if len(payload) < 2:
-        raise BadPayload("ERROR payload too short for its code")
-    (code,) = struct.unpack_from(">H", payload)
-    return code, payload[2:].decode(errors="replace")
+    if len(payload) < _ERROR_HEAD.size:
+        raise BadPayload("ERROR payload too short for its code and retry_after")
+    (code, _) = _ERROR_HEAD.unpack_from(payload)
+    return code, payload[_ERROR_HEAD.size :].decode(errors="replace")
+
+
+def decode_error_retry_after(payload: bytes) -> float | None:
+    """The ``retry_after`` (seconds) of an ERROR payload, ``None`` if it gives none."""
+    if len(payload) < _ERROR_HEAD.size:
+        raise BadPayload("ERROR payload too short for its code and retry_after")
+    (_, millis) = _ERROR_HEAD.unpack_from(payload)
+    return millis / 1000 if millis else None
+
+
+_ERROR_HEAD = struct.Struct(">HI")

@@ -67,6 +67,7 @@ from .protocol import (
     PeerInfo,
     decode_deliver,
     decode_error,
+    decode_error_retry_after,
     decode_hello,
     decode_peers,
     encode_deliver_ack,
@@ -106,7 +107,7 @@ def _peer_error(frame: Frame) -> Exception:
     code, detail = decode_error(frame.payload)  # a ProtocolError if malformed
     if frame.flags & FLAG_CLOSING and code in _FRAME_CODES:
         return FrameRejected(code, detail)
-    return PeerError(code, detail)
+    return PeerError(code, detail, decode_error_retry_after(frame.payload))
 
 
 _FRAME_CODES = frozenset(
