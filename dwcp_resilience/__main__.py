@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import importlib
 import math
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from importlib import metadata
@@ -255,8 +256,13 @@ async def _serve_peer(node_id: str, host: str, port: int, seeds: list[str]) -> N
     from .dwcp.peer import DWCPPeer  # noqa: PLC0415
 
     async with DWCPPeer(node_id, host=host, port=port, seeds=seeds) as peer:
-        print(f"peer {node_id!r} serving on {peer.address} (Ctrl-C to stop)", flush=True)
-        await anyio.sleep_forever()
+        # Ctrl-C and SIGTERM (a service manager's stop) end it cleanly, also where the shell that
+        # started it in the background ignores SIGINT.
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            print(f"peer {node_id!r} serving on {peer.address} (Ctrl-C to stop)", flush=True)
+            async for signum in signals:
+                print(f"peer {node_id!r} stopped ({signal.Signals(signum).name})", flush=True)
+                return
 
 
 def _client(args: argparse.Namespace) -> DWCPResilientClient:

@@ -237,9 +237,11 @@ def _python(*argv: str) -> list[str]:
 _ENV = {**os.environ, "PYTHONWARNINGS": "error"}
 
 
-@pytest.fixture
-def peer_process() -> Iterator[str]:
-    """``python -m dwcp_resilience peer`` on 127.0.0.1 in a subprocess; yields its address."""
+@pytest.fixture(params=[signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def peer_process(request: pytest.FixtureRequest) -> Iterator[str]:
+    """``python -m dwcp_resilience peer`` on 127.0.0.1 in a subprocess; yields its address, then
+    stops it with Ctrl-C's SIGINT or a service manager's SIGTERM: it must exit 0 and say so."""
+    stop: signal.Signals = request.param
     process = subprocess.Popen(
         _python("peer", "p1", "--host", "127.0.0.1", "--port", "0"),
         stdout=subprocess.PIPE,
@@ -253,8 +255,10 @@ def peer_process() -> Iterator[str]:
         found = re.fullmatch(r"peer 'p1' serving on (127\.0\.0\.1:\d+) \(Ctrl-C to stop\)\n", line)
         assert found, (line, process.stderr.read() if process.stderr else "")
         yield found[1]
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 0  # Ctrl-C stops it cleanly
+        process.send_signal(stop)
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err
+        assert out == f"peer 'p1' stopped ({stop.name})\n"
     finally:
         if process.poll() is None:
             process.kill()
