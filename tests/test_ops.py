@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from dwcp_resilience.ops import (
+    DEFAULT_RUNBOOK_URL,
     FILES,
     alert_tests,
     alerts,
@@ -23,6 +24,7 @@ from dwcp_resilience.ops import (
     dashboard_queries,
     path,
     print_ops,
+    runbook_anchors,
     write_ops,
 )
 from dwcp_resilience.ops._dashboard import render_dashboard
@@ -140,17 +142,125 @@ def test_the_unit_tests_catch_an_alert_that_always_fires(promtool: str, tmp_path
             assert (name, at) in failed, (name, at)
 
 
-def test_another_namespace_gets_rules_and_tests_that_pass(promtool: str, tmp_path: Path) -> None:
-    written = write_ops(tmp_path, namespace="acme")
+# What may still say "dwcp" under another namespace: the package's own name.
+_LEFTOVER = re.compile(r"dwcp(?!_resilience\b)", flags=re.IGNORECASE)
+
+
+@pytest.mark.parametrize(
+    ("namespace", "prefix"), [("acme", "Acme"), ("my_app", "MyApp"), ("", "Resilience")]
+)
+def test_another_namespace_renames_everything_and_promtool_passes(
+    promtool: str, tmp_path: Path, namespace: str, prefix: str
+) -> None:
+    """Metrics, recording rules, groups, alerts, annotations, comments and the dashboard's title,
+    uid and tags follow the namespace; the renamed rules and their tests pass promtool."""
+    base = "https://wiki.example.org/ops/runbook.md"
+    written = write_ops(tmp_path, namespace=namespace, runbook_url=base)
     text = written["alerts"].read_text()
-    assert "acme_circuit_breaker_state == 2" in text
-    assert "acme:error_budget_error_ratio:rate1h" in text
-    assert not re.search(r"^[^#]*\bdwcp[_:]", text, flags=re.MULTILINE)
-    assert "acme_circuit_breaker_state" in dashboard_queries("acme")[0][1]
+    metric = f"{namespace}_" if namespace else ""
+    record = namespace or "resilience"
+    assert f"expr: {metric}circuit_breaker_state == 2" in text
+    assert f"{record}:error_budget_error_ratio:rate1h" in text
+    names = alert_names(text)
+    assert names == [prefix + name.removeprefix("DWCP") for name in alert_names(alerts())]
+    groups = re.findall(r"^  - name: (\w+)$", text, flags=re.MULTILINE)
+    assert len(groups) == 4 and all(g.startswith(metric) for g in groups), groups
+    assert f'metric namespace "{namespace}"' in text.splitlines()[0]
+    assert f'summary: "{record} circuit breaker {{{{ $labels.name }}}} is open"' in text
+    for what, target in written.items():
+        leftovers = [line for line in target.read_text().splitlines() if _LEFTOVER.search(line)]
+        assert leftovers == [], (what, leftovers)
+    board = json.loads(written["dashboard"].read_text())
+    assert board["title"] == f"{record} resilience"
+    assert board["uid"] == (f"{namespace}-resilience" if namespace else "resilience")
+    assert board["tags"] == [namespace, "resilience"]
+    assert f"{metric}circuit_breaker_state" in dashboard_queries(namespace)[0][1]
+    assert set(runbook_anchors(text).values()) == set(runbook_anchors().values())
+    assert text.count(f'runbook_url: "{base}#') == len(names)
     result = run(promtool, "check", "rules", "alerts.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     result = run(promtool, "test", "rules", "alerts_test.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_grafana_uid_stays_within_40_characters() -> None:
+    board = dashboard("a" * 60)
+    assert board["uid"] == ("a" * 60 + "-resilience")[:40]
+
+
+# --- runbook links ---------------------------------------------------------------------------------
+
+RUNBOOK = Path(__file__).resolve().parents[1] / "docs" / "runbook.md"
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def runbook_sections() -> dict[str, str]:
+    """``{anchor: section text}`` of every ``## `` section of docs/runbook.md."""
+    parts = re.split(r"^## (.+)$", RUNBOOK.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    return {
+        github_anchor(title): body for title, body in zip(parts[1::2], parts[2::2], strict=True)
+    }
+
+
+def test_every_alert_links_to_its_own_runbook_section() -> None:
+    anchors = runbook_anchors()
+    names = alert_names(alerts())
+    assert list(anchors) == names
+    sections = runbook_sections()
+    for name, anchor in anchors.items():
+        assert anchor == name.removeprefix("DWCP").lower()
+        assert anchor in sections, f"{name}: no section #{anchor} in docs/runbook.md"
+        body = sections[anchor]
+        assert f"`{name}`" in body, name
+        for part in ("**What it means.**", "**First checks.**", "**What to change.**"):
+            assert part in body, (name, part)
+    assert set(sections) == set(anchors.values()), "a runbook section without an alert"
+    assert alerts().count(f'runbook_url: "{DEFAULT_RUNBOOK_URL}#') == len(names)
+
+
+def test_the_runbook_links_between_its_sections_resolve() -> None:
+    sections = runbook_sections()
+    links = re.findall(r"\]\(#([^)]+)\)", RUNBOOK.read_text(encoding="utf-8"))
+    assert links
+    assert set(links) <= set(sections)
+
+
+def test_every_firing_case_expects_the_runbook_url() -> None:
+    """promtool compares all annotations, so each firing case lists its alert's runbook_url."""
+    tests = alert_tests()
+    anchors = runbook_anchors()
+    expected = re.findall(
+        r"- alertname: (\w+)\n(?:(?!\s*- alertname).*\n)*?\s+runbook_url: \"[^\"#]+#([a-z-]+)\"",
+        tests,
+    )
+    assert len(expected) == sum(1 for _, _, fires in cases(tests) if fires)
+    assert all(anchors[name] == anchor for name, anchor in expected)
+
+
+def test_the_runbook_url_base_is_configurable() -> None:
+    base = "https://runbooks.example.org/dwcp"
+    text = alerts(runbook_url=base)
+    assert DEFAULT_RUNBOOK_URL not in text
+    assert text.count(f'runbook_url: "{base}#') == len(alert_names(text))
+    assert DEFAULT_RUNBOOK_URL not in alert_tests(runbook_url=base)
+    assert f"{base}#circuitbreakeropen" in alert_tests(runbook_url=base)
+    out = io.StringIO()
+    print_ops("alerts", runbook_url=base, file=out)
+    assert out.getvalue() == text
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["docs/runbook.md", "/runbook.md", "ftp://host/runbook.md", "https://host/r.md#x",
+     'https://host/"r.md', "https://host/a b.md", "https://", 7],
+)  # fmt: skip
+def test_a_bad_runbook_url_is_refused(url: object) -> None:
+    with pytest.raises(ValueError, match="runbook_url must be an absolute http"):
+        alerts(runbook_url=url)  # type: ignore[arg-type]
 
 
 def test_alerts_only_use_metrics_the_collector_exposes() -> None:

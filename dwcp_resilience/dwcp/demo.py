@@ -1,6 +1,9 @@
 """``make demo``: three DWCP peers on loopback, one behind a chaos proxy, and clients riding through.
 
-What it runs (about 45 seconds):
+DWCP (Distributed WAN Communication Protocol, the Go original's name) is the package's example
+protocol: peers over TCP keep a mailbox per node; clients send, receive and discover peers.
+
+What it runs (about 35 seconds):
 
 - peers ``peer-a``, ``peer-b`` and ``peer-c`` on 127.0.0.1 (each seeded with the others);
 - a :class:`~dwcp_resilience.dwcp.proxy.ChaosProxy` in front of ``peer-c`` with a fault schedule:
@@ -9,10 +12,12 @@ What it runs (about 45 seconds):
 - client ``alice`` sends messages to ``bob`` through the proxy; ``bob`` receives them through the
   proxy; ``carol`` discovers peers on ``peer-c`` (directly). Every operation runs through each client's
   :class:`~dwcp_resilience.ResilienceManager`;
-- live state on screen (breaker states, tokens, in-flight, retries, budgets, health, degradation);
+- live state on screen (breaker states, tokens, in-flight, retries, budgets, health, degradation),
+  under a legend (:data:`LEGEND`) that says what each counter counts: calls as the callers saw
+  them, attempts as the breaker saw them, rejections as the error budget counts them;
 - ``/metrics`` served on 127.0.0.1 (the port is printed);
-- a summary (sent, delivered exactly once, lost) and a timeline picture (PNG) of the send breaker's
-  state and of every send's latency.
+- a summary (sent, delivered exactly once, lost) and a timeline picture (PNG): the send breaker's
+  state, the degradation level and every send's latency, in three panels over the fault schedule.
 
 The process exits 1 if a message was lost or delivered twice.
 """
@@ -30,14 +35,32 @@ import anyio
 
 from ..core.clock import loop_time
 from ..manager import ResilienceManager
+from ..policies.breaker_core import BreakerState
 from ..slo.degradation import DegradationLevel
 from .client import DISCOVER, RECEIVE, SEND, DWCPResilienceConfig, DWCPResilientClient
 from .faults import Bandwidth, Drop, Fault, Latency, ResetPeer, Slicer, Stall
 from .peer import DWCPPeer
 from .proxy import ChaosProxy
-from .scenario import ScenarioSummary, SendRecord, run_scenario
+from .scenario import ScenarioSummary, run_scenario
+from .timeline import save_timeline
 
-__all__ = ("DEMO_SCHEDULE", "DemoResult", "run_demo")
+__all__ = ("DEMO_SCHEDULE", "DWCP_MEANING", "LEGEND", "DemoResult", "run_demo")
+
+DWCP_MEANING = (
+    "DWCP (Distributed WAN Communication Protocol): the package's example peer-to-peer protocol "
+    "over TCP; peers keep a mailbox per node, clients send, receive and discover peers."
+)
+"""What DWCP is, in one line (the demo prints it first)."""
+
+LEGEND: tuple[str, ...] = (
+    "calls ok/fail/rej: what the callers saw, one per call: ok, failed (an error after the "
+    "retries), rejected (refused by a protection: CircuitOpen, RateLimited, BulkheadFull)",
+    "attempts ok/fail/refused: what the breaker saw, one per attempt (each retry is one more); "
+    "refused: the breaker was not closed",
+    "retries: backoff sleeps begun | budget left: the error budget (SLO 99.9 %); failed and "
+    "rejected calls both spend it | health: ping checks, unknown until the first one ran",
+)
+"""What the columns of the status display count (printed above the plain lines, under the table)."""
 
 #: (start, duration, fault, label) in seconds from the proxy's start.
 DEMO_SCHEDULE: tuple[tuple[float, float, Fault, str], ...] = (
@@ -84,7 +107,14 @@ def _state_line(name: str, manager: ResilienceManager, operation: str) -> dict[s
     parts = manager.components(operation)
     row = {"client": name, "operation": operation}
     breaker: Any = parts.get("circuit_breaker")
-    row["breaker"] = breaker.state.name if breaker is not None else "-"
+    if breaker is not None:
+        bs = breaker.statistics()
+        row["breaker"] = bs.state.name
+        row["attempts ok/fail/refused"] = f"{bs.successes}/{bs.failures}/{bs.rejected}"
+    else:
+        row["breaker"] = row["attempts ok/fail/refused"] = "-"
+    retry: Any = parts.get("retry")
+    row["retries"] = str(retry.statistics().retries) if retry is not None else "-"
     limiter: Any = parts.get("rate_limiter")
     row["tokens"] = f"{limiter.statistics().tokens:.0f}" if limiter is not None else "-"
     bulkhead: Any = parts.get("bulkhead")
@@ -93,18 +123,12 @@ def _state_line(name: str, manager: ResilienceManager, operation: str) -> dict[s
         row["in-flight"] = f"{stats.concurrent}/{stats.max_concurrent} q{stats.queued}"
     else:
         row["in-flight"] = "-"
-    retry: Any = parts.get("retry")
-    if retry is not None:
-        rs = retry.statistics()
-        row["retries"] = str(max(0, rs.total_attempts - rs.successes - rs.total_failures))
-    else:
-        row["retries"] = "-"
+    counts = manager.statistics(operation)
+    row["calls ok/fail/rej"] = f"{counts.successes}/{counts.failures}/{counts.rejected}"
     budget: Any = parts.get("error_budget")
     row["budget left"] = f"{budget.remaining:.1%}" if budget is not None else "-"
     latency: Any = parts.get("latency_budget")
     row["p95"] = f"{latency.p95 * 1000:.0f} ms" if latency is not None and latency.total else "-"
-    counts = manager.statistics(operation)
-    row["ok/fail/rej"] = f"{counts.successes}/{counts.failures}/{counts.rejected}"
     return row
 
 
@@ -121,66 +145,28 @@ def _render_plain(rows: list[dict[str, str]], footer: str) -> str:
     return f"{footer}\n{body}"
 
 
-def _picture(
-    path: str,
-    timeline: list[tuple[float, int, int]],
-    records: list[SendRecord],
-    schedule: tuple[tuple[float, float, Fault, str], ...],
-) -> str | None:
-    try:
-        import matplotlib  # noqa: PLC0415 - optional extra "demo"
+def _table(rows: list[dict[str, str]], footer: str) -> Any:
+    """The live display: a rich table, the footer as its title, the legend as its caption."""
+    from rich.table import Table  # noqa: PLC0415 - optional extra "demo"
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
-        return None
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
-    times = [t for t, _, _ in timeline]
-    top.step(
-        times, [s for _, s, _ in timeline], where="post", color="tab:blue", label="send breaker"
+    grid = Table(
+        title=footer, title_justify="left", caption="\n".join(LEGEND), caption_justify="left"
     )
-    top.step(
-        times,
-        [lv for _, _, lv in timeline],
-        where="post",
-        color="tab:purple",
-        alpha=0.6,
-        label="degradation level",
-    )
-    top.set_yticks(
-        [0, 1, 2, 3], ["closed / normal", "half-open / degraded", "open / severe", "emergency"]
-    )
-    top.set_title("DWCP demo: alice -> bob through a chaos proxy")
-    top.legend(loc="upper right")
-    ok = [(r.start, r.latency * 1000) for r in records if r.ok]
-    bad = [(r.start, r.latency * 1000) for r in records if not r.ok]
-    if ok:
-        bottom.scatter(*zip(*ok, strict=True), s=4, color="tab:green", label="send ok")
-    if bad:
-        bottom.scatter(*zip(*bad, strict=True), s=6, color="tab:red", label="send failed (caller)")
-    bottom.set_yscale("symlog", linthresh=10)
-    bottom.set_ylabel("send latency (ms)")
-    bottom.set_xlabel("seconds since start")
-    bottom.legend(loc="upper right")
-    colours = ["#ffe08a", "#ffc2c2", "#c9c9ff", "#c2f0c2", "#f0c2f0", "#c2e8f0"]
-    for i, (start, duration, _, label) in enumerate(schedule):
-        if not label:
-            continue
-        for axis in (top, bottom):
-            axis.axvspan(start, start + duration, color=colours[i % len(colours)], alpha=0.35)
-        bottom.text(
-            start,
-            0.02,
-            label,
-            transform=bottom.get_xaxis_transform(),
-            fontsize=7,
-            rotation=90,
-            va="bottom",
-        )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    for key in rows[0]:
+        grid.add_column(key)
+    for row in rows:
+        grid.add_row(*row.values())
+    return grid
+
+
+def _health(client: DWCPResilientClient) -> str:
+    """``ok``, ``DOWN`` (a check failed), or ``unknown`` while a check has not decided yet."""
+    states = [status.healthy for status in client.manager.health.statuses().values()]
+    if False in states:
+        return "DOWN"
+    if None in states:
+        return "unknown"
+    return "ok"
 
 
 async def run_demo(
@@ -224,6 +210,7 @@ async def run_demo(
                     alice.manager.degradation.watch_breaker(SEND, send_breaker)
                     server = serve_metrics(registry, port=metrics_port)
                     url = f"http://127.0.0.1:{server.port}/metrics"
+                    out(DWCP_MEANING)
                     out(f"metrics: {url}")
                     try:
                         async with alice, bob, carol:
@@ -242,8 +229,8 @@ async def run_demo(
                         server.close()
                         collector.close()
     summary, timeline = result
-    path = _picture(picture, timeline, summary.records, plan) if picture else None
-    _print_summary(summary, out, path, url)
+    path = save_timeline(picture, timeline, summary.records, plan) if picture else None
+    _print_summary(summary, send_breaker.statistics(), out, path, url)
     return DemoResult(summary, url, path, timeline)
 
 
@@ -304,26 +291,17 @@ async def _drive(
     async def show() -> None:
         if live:
             try:
-                from rich.live import Live  # noqa: PLC0415
-                from rich.table import Table  # noqa: PLC0415
+                from rich.live import Live  # noqa: PLC0415 - optional extra "demo"
             except ImportError:
                 pass
             else:
-
-                def table() -> Table:
-                    rows, footer = snapshot()
-                    grid = Table(title=footer, title_justify="left")
-                    for key in rows[0]:
-                        grid.add_column(key)
-                    for row in rows:
-                        grid.add_row(*row.values())
-                    return grid
-
-                with Live(table(), refresh_per_second=4) as screen:
+                with Live(_table(*snapshot()), refresh_per_second=4) as screen:
                     while not done.is_set():
                         await anyio.sleep(0.25)
-                        screen.update(table())
+                        screen.update(_table(*snapshot()))
                 return
+        for line in LEGEND:
+            out(line)
         while not done.is_set():
             rows, footer = snapshot()
             out(_render_plain(rows, footer))
@@ -348,19 +326,27 @@ async def _drive(
     return summary, timeline
 
 
-def _health(client: DWCPResilientClient) -> str:
-    return "ok" if client.is_healthy() else "DOWN"
-
-
 def _print_summary(
-    summary: ScenarioSummary, out: Callable[[str], None], picture: str | None, url: str
+    summary: ScenarioSummary,
+    breaker: Any,
+    out: Callable[[str], None],
+    picture: str | None,
+    url: str,
 ) -> None:
+    opened = sum(n for (_, to), n in breaker.state_changes.items() if to == BreakerState.OPEN)
     out("")
     out("summary")
     out(f"  messages               {summary.messages}")
     out(f"  sent (first call ok)   {summary.sent_ok}")
-    out(f"  failed for the caller  {summary.failed_for_caller}")
+    out(f"  failed for the caller  {summary.failed_for_caller} (messages whose first send failed)")
     out(f"  errors, every send     {dict(summary.errors)}  (re-sends included)")
+    out(
+        f"    of which rejected    {summary.rejected} (refused by a protection, e.g. the open breaker)"
+    )
+    out(
+        f"  send breaker attempts  ok {breaker.successes}, failed {breaker.failures}, "
+        f"refused {breaker.rejected}; opened {opened} times"
+    )
     out(f"  re-sent with same id   {summary.resent_ok}")
     out(f"  delivered exactly once {summary.delivered_exactly_once}")
     out(f"  delivered twice        {summary.duplicates}")

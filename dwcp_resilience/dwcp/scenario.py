@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from ..core.clock import loop_time
+from ..core.errors import Rejected
 from .client import DWCPResilientClient
 from .protocol import Delivery
 
@@ -36,22 +37,34 @@ def message_id(run: str, index: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class SendRecord:
-    """One send call as the caller saw it."""
+    """One send call as the caller saw it.
+
+    ``rejected``: the call ended with one of the package's own rejections (:class:`Rejected`:
+    ``CircuitOpen``, ``RateLimited``, ``BulkheadFull``, ...): its last attempt was refused before
+    it reached the wire (earlier attempts of the same call may have reached it).
+    """
 
     index: int
     start: float
     latency: float
     ok: bool
     error: str | None
+    rejected: bool = False
 
 
 @dataclass(slots=True)
 class ScenarioSummary:
-    """What happened to every message of a run."""
+    """What happened to every message of a run.
+
+    ``sent_ok``, ``failed_for_caller`` and ``resent_ok`` count messages (first send, then re-sends);
+    ``errors`` counts every failed send call by exception type, re-sends included, and ``rejected``
+    how many of those ended with the package's own rejections (see :class:`SendRecord`).
+    """
 
     messages: int
     sent_ok: int = 0
     failed_for_caller: int = 0
+    rejected: int = 0
     resent_ok: int = 0
     delivered: int = 0
     duplicates: int = 0
@@ -97,8 +110,12 @@ async def run_scenario(
                 recipient, f"{run}:{i}".encode(), message_id=message_id(run, i)
             )
         except Exception as exc:
-            record = SendRecord(i, began - start, loop_time() - began, False, type(exc).__name__)
-            summary.errors[type(exc).__name__] += 1
+            rejected = isinstance(exc, Rejected)
+            name = type(exc).__name__
+            record = SendRecord(i, began - start, loop_time() - began, False, name, rejected)
+            summary.errors[name] += 1
+            if rejected:
+                summary.rejected += 1
         else:
             record = SendRecord(i, began - start, loop_time() - began, True, None)
         summary.records.append(record)
