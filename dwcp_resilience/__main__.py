@@ -156,6 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="a peer known from the start, answered to discover (repeat for several)",
     )
+    storage = peer.add_mutually_exclusive_group()
+    storage.add_argument(
+        "--store",
+        metavar="PATH",
+        help=(
+            "the SQLite file that keeps the mailboxes across restarts (default: "
+            "dwcp-peer-NODE_ID.db in the current directory); a message is acknowledged only once "
+            "it is on disk there"
+        ),
+    )
+    storage.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="keep the mailboxes in memory only: faster, but a crash loses what they hold",
+    )
 
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument(
@@ -252,14 +267,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve_peer(node_id: str, host: str, port: int, seeds: list[str]) -> None:
+async def _serve_peer(
+    node_id: str, host: str, port: int, seeds: list[str], store: str | None
+) -> None:
     from .dwcp.peer import DWCPPeer  # noqa: PLC0415
 
-    async with DWCPPeer(node_id, host=host, port=port, seeds=seeds) as peer:
+    async with DWCPPeer(node_id, host=host, port=port, seeds=seeds, store_path=store) as peer:
+        where = "in memory" if store is None else f"in {store}"
         # Ctrl-C and SIGTERM (a service manager's stop) end it cleanly, also where the shell that
         # started it in the background ignores SIGINT.
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            print(f"peer {node_id!r} serving on {peer.address} (Ctrl-C to stop)", flush=True)
+            print(
+                f"peer {node_id!r} serving on {peer.address}, mailboxes {where} (Ctrl-C to stop)",
+                flush=True,
+            )
             async for signum in signals:
                 print(f"peer {node_id!r} stopped ({signal.Signals(signum).name})", flush=True)
                 return
@@ -380,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "peer":
         try:
             with contextlib.suppress(KeyboardInterrupt):
-                anyio.run(_serve_peer, args.node_id, args.host, args.port, args.seed)
+                store = None if args.in_memory else (args.store or f"dwcp-peer-{args.node_id}.db")
+                anyio.run(_serve_peer, args.node_id, args.host, args.port, args.seed, store)
         except Exception as exc:
             error = _bind_error(exc)
             if error is None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from importlib import metadata
+from pathlib import Path
 
 import anyio
 import pytest
@@ -222,7 +223,7 @@ async def test_peer_reports_an_address_it_cannot_listen_on(
 ) -> None:
     async with DWCPPeer("p1") as busy:
         port = busy.port
-        code = await cli("peer", "p2", "--host", "127.0.0.1", "--port", str(port))
+        code = await cli("peer", "p2", "--in-memory", "--host", "127.0.0.1", "--port", str(port))
     assert code == EXIT_FAILED
     assert f"peer: cannot listen on 127.0.0.1:{port}: " in capsys.readouterr().err
 
@@ -238,12 +239,13 @@ _ENV = {**os.environ, "PYTHONWARNINGS": "error"}
 
 
 @pytest.fixture(params=[signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def peer_process(request: pytest.FixtureRequest) -> Iterator[str]:
+def peer_process(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """``python -m dwcp_resilience peer`` on 127.0.0.1 in a subprocess; yields its address, then
     stops it with Ctrl-C's SIGINT or a service manager's SIGTERM: it must exit 0 and say so."""
     stop: signal.Signals = request.param
+    store = tmp_path / "p1.db"
     process = subprocess.Popen(
-        _python("peer", "p1", "--host", "127.0.0.1", "--port", "0"),
+        _python("peer", "p1", "--host", "127.0.0.1", "--port", "0", "--store", str(store)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -252,7 +254,11 @@ def peer_process(request: pytest.FixtureRequest) -> Iterator[str]:
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
-        found = re.fullmatch(r"peer 'p1' serving on (127\.0\.0\.1:\d+) \(Ctrl-C to stop\)\n", line)
+        found = re.fullmatch(
+            rf"peer 'p1' serving on (127\.0\.0\.1:\d+), mailboxes in {re.escape(str(store))} "
+            r"\(Ctrl-C to stop\)\n",
+            line,
+        )
         assert found, (line, process.stderr.read() if process.stderr else "")
         yield found[1]
         process.send_signal(stop)
@@ -283,3 +289,42 @@ def test_the_commands_as_real_processes(peer_process: str) -> None:
     assert empty.returncode == EXIT_EMPTY
     version = run("--version")
     assert version.stdout.strip() == f"dwcp-resilience {metadata.version('dwcp-resilience')}"
+
+
+def test_a_cli_peer_keeps_its_mailboxes_across_a_kill(tmp_path: Path) -> None:
+    """The CLI's peer is durable by default: a message stored before SIGKILL is there after."""
+    store = tmp_path / "p.db"
+
+    def start() -> tuple[subprocess.Popen[str], str]:
+        process = subprocess.Popen(
+            _python("peer", "p", "--port", "0", "--store", str(store)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=_ENV,
+        )
+        assert process.stdout is not None
+        found = re.search(r"serving on (\S+),", process.stdout.readline())
+        assert found, "the peer did not start"
+        return process, found[1]
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            _python(*argv), capture_output=True, text=True, timeout=60, env=_ENV, check=False
+        )
+
+    process, address = start()
+    try:
+        assert run("send", "--peer", address, "bob", "kept").returncode == EXIT_OK
+    finally:
+        process.kill()  # SIGKILL: no clean shutdown
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+    process, address = start()
+    try:
+        got = run("recv", "--peer", address, "--node", "bob")
+        assert (got.returncode, got.stdout) == (EXIT_OK, "cli\tkept\n"), got.stderr
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)

@@ -27,8 +27,10 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -191,47 +193,57 @@ async def run_demo(
 
     registry = CollectorRegistry()
     collector = ResilienceCollector(registry=registry)
-    async with DWCPPeer("peer-a", lease_timeout=1.5) as peer_a:
-        seeds_a = (f"127.0.0.1:{peer_a.port}",)
-        async with DWCPPeer("peer-b", seeds=seeds_a, lease_timeout=1.5) as peer_b:
-            seeds = (*seeds_a, f"127.0.0.1:{peer_b.port}")
-            async with DWCPPeer("peer-c", seeds=seeds, lease_timeout=1.5) as peer_c:
-                schedule = [(start, duration, fault) for start, duration, fault, _ in plan]
-                async with ChaosProxy(
-                    "127.0.0.1", peer_c.port, schedule=schedule, seed=2026
-                ) as proxy:
-                    address = f"127.0.0.1:{proxy.port}"
-                    alice = DWCPResilientClient(_client_config("alice", address))
-                    bob = DWCPResilientClient(_client_config("bob", address))
-                    carol = DWCPResilientClient(_client_config("carol", f"127.0.0.1:{peer_c.port}"))
-                    for client in (alice, bob, carol):
-                        collector.track_manager(client.manager)
-                    send_breaker: Any = alice.manager.circuit_breaker(SEND)
-                    alice.manager.degradation.watch_breaker(SEND, send_breaker)
-                    server = serve_metrics(registry, port=metrics_port)
-                    url = f"http://127.0.0.1:{server.port}/metrics"
-                    out(DWCP_MEANING)
-                    out(f"metrics: {url}")
-                    try:
-                        async with alice, bob, carol:
-                            result = await _drive(
-                                alice,
-                                bob,
-                                carol,
-                                plan,
-                                messages=messages,
-                                pace=pace,
-                                concurrency=concurrency,
-                                out=out,
-                                live=live,
-                            )
-                    finally:
-                        server.close()
-                        collector.close()
-    summary, timeline = result
-    path = save_timeline(picture, timeline, summary.records, plan) if picture else None
-    _print_summary(summary, send_breaker.statistics(), out, path, url)
-    return DemoResult(summary, url, path, timeline)
+    # The peers keep their mailboxes in SQLite, as `python -m dwcp_resilience peer` does: an
+    # acknowledged message is on disk before its ACK leaves.
+    with tempfile.TemporaryDirectory(prefix="dwcp-demo-") as tmpdir:
+        store = Path(tmpdir)
+        async with DWCPPeer("peer-a", lease_timeout=1.5, store_path=store / "a.db") as peer_a:
+            seeds_a = (f"127.0.0.1:{peer_a.port}",)
+            async with DWCPPeer(
+                "peer-b", seeds=seeds_a, lease_timeout=1.5, store_path=store / "b.db"
+            ) as peer_b:
+                seeds = (*seeds_a, f"127.0.0.1:{peer_b.port}")
+                async with DWCPPeer(
+                    "peer-c", seeds=seeds, lease_timeout=1.5, store_path=store / "c.db"
+                ) as peer_c:
+                    schedule = [(start, duration, fault) for start, duration, fault, _ in plan]
+                    async with ChaosProxy(
+                        "127.0.0.1", peer_c.port, schedule=schedule, seed=2026
+                    ) as proxy:
+                        address = f"127.0.0.1:{proxy.port}"
+                        alice = DWCPResilientClient(_client_config("alice", address))
+                        bob = DWCPResilientClient(_client_config("bob", address))
+                        carol = DWCPResilientClient(
+                            _client_config("carol", f"127.0.0.1:{peer_c.port}")
+                        )
+                        for client in (alice, bob, carol):
+                            collector.track_manager(client.manager)
+                        send_breaker: Any = alice.manager.circuit_breaker(SEND)
+                        alice.manager.degradation.watch_breaker(SEND, send_breaker)
+                        server = serve_metrics(registry, port=metrics_port)
+                        url = f"http://127.0.0.1:{server.port}/metrics"
+                        out(DWCP_MEANING)
+                        out(f"metrics: {url}")
+                        try:
+                            async with alice, bob, carol:
+                                result = await _drive(
+                                    alice,
+                                    bob,
+                                    carol,
+                                    plan,
+                                    messages=messages,
+                                    pace=pace,
+                                    concurrency=concurrency,
+                                    out=out,
+                                    live=live,
+                                )
+                        finally:
+                            server.close()
+                            collector.close()
+        summary, timeline = result
+        path = save_timeline(picture, timeline, summary.records, plan) if picture else None
+        _print_summary(summary, send_breaker.statistics(), out, path, url)
+        return DemoResult(summary, url, path, timeline)
 
 
 async def _drive(

@@ -22,6 +22,11 @@ committed, so a SEND's ACK survives a crash of the peer (and a power loss, with 
 
 Lifetime: ``async with DWCPPeer("a") as peer:`` (then ``peer.port``), or ``await tg.start(peer.serve)``
 inside your own task group, or ``await peer.start()`` / ``await peer.aclose()`` from the same task.
+
+This module is over 450 lines because it is one class whose accept loop, connection loop and
+request answers share the peer's state; the decisions live in the pure cores it calls
+(:mod:`~dwcp_resilience.dwcp.mailbox`, :mod:`~dwcp_resilience.dwcp.slots`,
+:mod:`~dwcp_resilience.dwcp.protocol`).
 """
 
 from __future__ import annotations
