@@ -40,14 +40,17 @@ def test_http_client_example() -> None:
         r"^150 concurrent calls in [\d.]+ s: 150 x 200, other outcomes: none$", out, re.M
     )
     seen = re.search(
-        r"^server saw (\d+) requests: 150 ok, (\d+) reset, (\d+) hung, (\d+) x 503 "
+        r"^server saw (\d+) requests: (\d+) ok, (\d+) reset, (\d+) hung, (\d+) x 503 "
         r"\(Retry-After: 1\), (\d+) x 429 \(Retry-After: 2\)$",
         out,
         re.M,
     )
     assert seen, out
-    total, *faults = (int(n) for n in seen.groups())
-    assert all(faults) and total == 150 + sum(faults)
+    total, ok, *faults = (int(n) for n in seen.groups())
+    # At least one 200 per call; more when an answer came after its attempt had timed out
+    # (a loaded machine), and the retry's answer counted too.
+    assert ok >= 150
+    assert all(faults) and total == ok + sum(faults)
     hinted = re.search(
         r"^retry: \d+ retries; (\d+) waited a response's Retry-After above max_delay=0\.5 s "
         r"\(up to 2 s\), (\d+) waited out the open breaker; gave up: 0$",
