@@ -35,6 +35,7 @@ __all__ = (
     "GRANTED",
     "QUEUED",
     "REJECTED",
+    "TOLERANCE",
     "Ticket",
     "TokenBucket",
     "check_request",
@@ -52,8 +53,10 @@ CANCELLED = 4
 """Given up while queued, or after the grant but before it ran (tokens refunded)."""
 
 _INF = math.inf
-_TOL = 1e-9
-"""Seconds of float noise forgiven when comparing admission times (sums of ``n / rate`` steps)."""
+TOLERANCE = 1e-9
+"""Seconds of float noise forgiven when comparing admission times (sums of ``n / rate`` steps): a
+ticket due at ``t`` is granted from ``t - TOLERANCE`` on."""
+_TOL = TOLERANCE
 
 
 def check_request(n: int, burst: int) -> None:
