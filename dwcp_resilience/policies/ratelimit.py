@@ -192,6 +192,23 @@ class RateLimiter(PolicyBase):
         if head is not None:
             wake(head)  # its admission time moved: let it re-arm its timer
 
+    def reset(self) -> None:
+        """Refill the bucket and forget the clock readings it has seen, as if just built; the
+        counters of :meth:`statistics` are kept (they only grow, like the metrics they feed).
+
+        For tests that share a module-level limiter between event loops whose clocks start afresh
+        (looptime starts each loop at 0): without it, the bucket reads a new loop's early times as
+        a clock that stepped back, and refills only once the new clock passes the old readings.
+
+        Raises:
+            RuntimeError: if requests are waiting.
+        """
+        if self._bucket.waiting:
+            raise RuntimeError(
+                f"RateLimiter {self._name!r}: reset() with {self._bucket.waiting} requests waiting"
+            )
+        self._bucket.refill()
+
     # -- acquiring -------------------------------------------------------------------------------
 
     def try_acquire(self, n: int = 1) -> bool:

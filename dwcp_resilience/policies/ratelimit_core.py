@@ -337,6 +337,15 @@ class TokenBucket:
         self.cancelled += 1
         return True
 
+    def refill(self) -> None:
+        """Full again, with no clock reading remembered: the next reading starts afresh, even one
+        lower than any seen before (a new event loop's clock). Counters are kept. Only with nobody
+        waiting (the shell checks)."""
+        self._tat = self._high = self._granted_at = -_INF
+        self._queue.clear()
+        self._queued = 0
+        self._shifts += 1
+
     def reconfigure(self, rate: float, burst: int, now: float) -> list[Ticket]:
         """Change rate and burst at ``now``, keeping the tokens there (capped at the new burst) and
         the queue's debt. Queued tickets larger than the new burst are rejected and returned."""
