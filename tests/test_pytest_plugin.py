@@ -259,3 +259,18 @@ def test_the_plugin_is_registered() -> None:
 
     plugins = {ep.name: ep.value for ep in entry_points(group="pytest11")}
     assert plugins.get("dwcp_resilience") == "dwcp_resilience.pytest_plugin"
+
+
+def test_the_readme_pytest_snippets_pass(tmp_path: Path) -> None:
+    """The pytest examples of the README's "Testing your code" (```py blocks: test files, not
+    scripts) pass under pytest, on pytest-asyncio and on anyio's asyncio and trio."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Testing your code") : readme.index("## Benchmarks")]
+    blocks = re.findall(r"```py\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 1
+    outcomes, output = run_pytest(tmp_path, blocks[0])
+    assert outcomes == {
+        "test_the_breaker_recovers_after_a_minute": "PASSED",
+        "test_a_burst_waits_for_the_rate[asyncio]": "PASSED",
+        "test_a_burst_waits_for_the_rate[trio]": "PASSED",
+    }, output
