@@ -120,7 +120,7 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
         if isinstance(loop, asyncio.AbstractEventLoop):
             request.node.stash[_LOOP] = loop
             looptime_marked = request.node.get_closest_marker("looptime") is not None
-            if isinstance(loop, asyncio.BaseEventLoop) and not looptime_marked:
+            if isinstance(loop, asyncio.SelectorEventLoop) and not looptime_marked:
                 # Enabled from the start, at 0 (unless looptime's own plugin patched it first,
                 # disabled: then it is enabled around the test call below). A test that also
                 # carries looptime's marker is left to looptime's plugin.
@@ -241,7 +241,7 @@ def _virtual_backend(name: str, options: dict[str, Any]) -> tuple[str, dict[str,
 
 def _patched(factory: Callable[[], asyncio.AbstractEventLoop]) -> asyncio.AbstractEventLoop:
     loop = factory()
-    if isinstance(loop, asyncio.BaseEventLoop):
+    if isinstance(loop, asyncio.SelectorEventLoop):
         _looptime().patch_event_loop(loop)
     return loop  # any other loop fails the check at the test's start, with the reason
 
