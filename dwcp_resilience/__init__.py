@@ -11,6 +11,7 @@ from importlib.metadata import version as _version
 
 from .core.clock import (
     Clock,
+    WaitableClock,
     loop_time,
 )
 from .core.context import (
@@ -267,6 +268,7 @@ __all__ = (
     "ThresholdCheck",
     "TimeWindow",
     "Timeout",
+    "WaitableClock",
     "check_percentile",
     "current_context",
     "current_deadline",

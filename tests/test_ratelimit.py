@@ -193,14 +193,16 @@ async def test_refund_when_cancelled_after_grant(backend_name: str) -> None:
         pytest.skip("drives raw asyncio tasks on the virtual loop")
     import asyncio
 
-    clock = FakeClock(0.0)
-    limiter = RateLimiter("l", rate=1, burst=2, clock=clock)
+    # A clock without a sleep_until hook (unlike FakeClock), so that the head sleeps on the
+    # loop's timer and its wake-up can be ordered against ours.
+    readings = [0.0]
+    limiter = RateLimiter("l", rate=1, burst=2, clock=lambda: readings[0])
     assert limiter.try_acquire(2)
     head = asyncio.create_task(limiter.acquire())  # due at fake t=1 (timer at loop t=1)
     second = asyncio.create_task(limiter.acquire())  # due at fake t=2
     await asyncio.sleep(0)
     assert limiter.statistics().waiting == 2
-    clock.advance(10.0)  # when the head's timer fires, both are due: it grants both
+    readings[0] = 10.0  # when the head's timer fires, both are due: it grants both
     await asyncio.sleep(1.0)  # our timer fires right after the head's, before `second` resumes
     assert limiter.waiting == 1 and limiter._bucket.head() is None  # `second` granted, not resumed
     second.cancel()

@@ -22,7 +22,9 @@ from dwcp_resilience import (
 mypy_api = pytest.importorskip("mypy.api")
 
 GOOD = """
-from dwcp_resilience import CircuitBreaker, ResilienceManager, Retry, RetryScheduled
+from typing import assert_type
+
+from dwcp_resilience import CircuitBreaker, ResilienceManager, Retry, RetryEvent, RetryScheduled
 from dwcp_resilience.testing import RecordingListener
 
 breaker = CircuitBreaker("payments", max_failures=3)
@@ -40,6 +42,10 @@ async def fetch(url: str) -> bytes:
 
 async def main() -> bytes:
     return await breaker.call(retry.call, fetch, "https://example.invalid")
+
+
+events: RecordingListener[RetryEvent] = RecordingListener()
+assert_type(events.of_type(RetryScheduled), list[RetryScheduled])
 """
 
 BAD = {
@@ -55,6 +61,10 @@ BAD = {
     "wrong argument type": (
         'bad = CircuitBreaker("y").call(fetch, 3)',
         'incompatible type "int"; expected "str"',
+    ),
+    "of_type is typed by the kind asked": (
+        "events.of_type(RetryScheduled)[0].reason",
+        '"RetryScheduled" has no attribute "reason"',
     ),
 }
 

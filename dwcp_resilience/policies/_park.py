@@ -7,13 +7,20 @@ in their pure core and re-check it after each wake, so a wake carries no informa
 
 On asyncio a deadline costs one ``loop.call_at`` handle for the parked task; on trio, a
 ``trio.move_on_at`` scope. Cancellation of the parked task propagates unchanged.
+
+:func:`park_until` is the same park with its deadline kept by an injected clock's ``sleep_until`` hook
+(:class:`~dwcp_resilience.core.clock.WaitableClock`) instead of the loop's timer; its wake handle is
+an anyio cancel scope around that sleep.
 """
 
 from __future__ import annotations
 
 import math
 from asyncio import Future
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
+
+from anyio import CancelScope
 
 from ..core._runtime import get_running_loop
 
@@ -68,6 +75,20 @@ async def _park_trio(holder: Holder, deadline: float) -> bool:
     return event.is_set()
 
 
+async def park_until(
+    holder: Holder, sleep_until: Callable[[float], Awaitable[None]], deadline: float
+) -> bool:
+    """Sleep until :func:`wake` is called on ``holder`` (return True) or ``sleep_until(deadline)``
+    returns (return False). Whatever ``sleep_until`` raises propagates (a clock refusing to wait)."""
+    with CancelScope() as scope:
+        holder.wake = scope
+        try:
+            await sleep_until(deadline)
+        finally:
+            holder.wake = None
+    return scope.cancel_called
+
+
 def wake(holder: Holder) -> None:
     """Wake the task parked on ``holder`` (no-op if it is not parked or already woken)."""
     handle: Any = holder.wake
@@ -76,5 +97,7 @@ def wake(holder: Holder) -> None:
     if isinstance(handle, Future):
         if not handle.done():
             handle.set_result(True)
+    elif isinstance(handle, CancelScope):
+        handle.cancel()
     else:
         handle.set()

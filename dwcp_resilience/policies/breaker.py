@@ -326,7 +326,12 @@ class CircuitBreaker(PolicyBase):
     # -- manual control ----------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Close the breaker and clear its window; ends ``force_open()`` and ``disable()``."""
+        """Close the breaker and clear its window; ends ``force_open()`` and ``disable()``.
+
+        The counters of :meth:`statistics` are kept. Tests that share a module-level breaker
+        between event loops whose clocks start afresh (looptime starts each loop at 0) reset it
+        between tests, so that no open period or window of one loop's clock carries into the next.
+        """
         self._core.reset(self._now())
 
     def force_open(self) -> None:

@@ -99,6 +99,7 @@ class TimeRing:
         for bucket in self.counts:
             bucket[0] = bucket[1] = bucket[2] = 0
         self.calls = self.failures = self.slow = 0
+        self.last = -(2**62)  # forget the newest reading too: a new loop's clock may start lower
 
     def _advance(self, now: float) -> int:
         index = int(now // self.width)

@@ -33,11 +33,11 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from ..core._fused import WAIT, Admission
-from ..core.clock import Clock, loop_time
+from ..core.clock import Clock, clock_sleeper, loop_time
 from ..core.errors import BulkheadFull, not_callable
 from ..core.policy import PolicyBase, check_decorated
 from ..core.validate import check_name, check_number
-from ._park import park, wake
+from ._park import park, park_until, wake
 from .bulkhead_core import WAITING, BulkheadCore, Permit
 
 __all__ = ("Bulkhead", "BulkheadStatistics")
@@ -99,7 +99,8 @@ class Bulkhead(PolicyBase):
         max_wait: the longest wait for a permit in seconds; ``None`` (the default) or ``inf``: no
             limit; 0: fail at once unless a permit is free.
         clock: a monotonic clock for waits and their measurement; ``None`` means the running
-            loop's. Waiters arm loop timers at its readings, so it must share the loop's timebase.
+            loop's. A bounded wait on an injected clock runs through its ``sleep_until`` hook when
+            it has one (``testing.FakeClock``), else for ``max_wait`` of the loop's time.
 
     Raises:
         ValueError: if ``max_concurrent`` < 1, ``max_queue`` < 0, or ``max_wait`` < 0 or NaN.
@@ -215,10 +216,21 @@ class Bulkhead(PolicyBase):
         start = clock()
         deadline = start + self._max_wait
         timed_out = False
+        read, sleep_until = clock, None  # the clock that keeps `deadline`, and its hook
+        if clock is not loop_time and deadline < _INF:
+            # An injected clock keeps its own time: its sleep_until hook (FakeClock) keeps the
+            # deadline, else the loop's timer does, for max_wait of the loop's time.
+            sleep_until = clock_sleeper(clock)
+            if sleep_until is None:
+                read = loop_time
+                deadline = loop_time() + self._max_wait
         try:
             while permit.state == WAITING:
-                woken = await park(permit, deadline)
-                if permit.state == WAITING and (not woken or clock() >= deadline):
+                if sleep_until is None:
+                    woken = await park(permit, deadline)
+                else:
+                    woken = await park_until(permit, sleep_until, deadline)
+                if permit.state == WAITING and (not woken or read() >= deadline):
                     core.abandon(permit, timed_out=True)
                     timed_out = True
                     break

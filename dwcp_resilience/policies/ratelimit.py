@@ -42,13 +42,13 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from ..core._fused import WAIT, Admission
-from ..core.clock import Clock, loop_time
+from ..core.clock import Clock, clock_sleeper, loop_time
 from ..core.context import deadline_var
 from ..core.errors import RateLimited, not_callable
 from ..core.policy import PolicyBase, check_decorated
 from ..core.validate import check_name, check_number
-from ._park import park, wake
-from .ratelimit_core import DONE, QUEUED, REJECTED, Ticket, TokenBucket
+from ._park import park, park_until, wake
+from .ratelimit_core import DONE, QUEUED, REJECTED, TOLERANCE, Ticket, TokenBucket
 
 __all__ = ("RateLimiter", "RateLimiterStatistics")
 
@@ -56,6 +56,9 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _INF = math.inf
+_STILL_LIMIT = 1.0
+"""Seconds of loop time an injected clock without a ``sleep_until`` hook may stand still while a
+request waits on it before the wait is refused (a monotonic clock never does)."""
 _deadline_get = deadline_var.get
 
 
@@ -100,8 +103,10 @@ class RateLimiter(PolicyBase):
         max_wait: how long ``call``, ``@limiter`` and ``async with`` may wait for a token (and the
             default of ``acquire``); ``None`` (the default) or ``inf``: as long as needed; ``0``: never.
         clock: a monotonic clock (``Callable[[], float]``); ``None`` means the running loop's.
-            Waiters arm loop timers at its readings, so an injected clock must share the loop's
-            timebase when anyone waits.
+            A waiter on an injected clock waits through its ``sleep_until`` hook when it has one
+            (:class:`~dwcp_resilience.WaitableClock`, such as ``testing.FakeClock``); otherwise it
+            sleeps on the loop's timer, so the clock must move with the loop's (one that stands
+            still for a second of loop time while a request waits raises ``RuntimeError``).
 
     Raises:
         ValueError: if ``rate`` is NaN, infinite or <= 0, ``burst`` < 1, or ``max_wait`` < 0 or NaN.
@@ -187,6 +192,23 @@ class RateLimiter(PolicyBase):
         if head is not None:
             wake(head)  # its admission time moved: let it re-arm its timer
 
+    def reset(self) -> None:
+        """Refill the bucket and forget the clock readings it has seen, as if just built; the
+        counters of :meth:`statistics` are kept (they only grow, like the metrics they feed).
+
+        For tests that share a module-level limiter between event loops whose clocks start afresh
+        (looptime starts each loop at 0): without it, the bucket reads a new loop's early times as
+        a clock that stepped back, and refills only once the new clock passes the old readings.
+
+        Raises:
+            RuntimeError: if requests are waiting.
+        """
+        if self._bucket.waiting:
+            raise RuntimeError(
+                f"RateLimiter {self._name!r}: reset() with {self._bucket.waiting} requests waiting"
+            )
+        self._bucket.refill()
+
     # -- acquiring -------------------------------------------------------------------------------
 
     def try_acquire(self, n: int = 1) -> bool:
@@ -227,6 +249,7 @@ class RateLimiter(PolicyBase):
         limit = self._max_wait if max_wait is None else _check_wait(max_wait)
         deadline = min(now + limit, _deadline_get())
         ticket = bucket.reserve(n, now, deadline)
+        still_since = _INF  # loop time since which an injected clock without a hook stood still
         if ticket.state != QUEUED:
             if ticket.state == DONE:
                 return
@@ -240,12 +263,16 @@ class RateLimiter(PolicyBase):
                         now = self._now()
                         if not woken and now < ready:  # the loop's timer fired a tick early
                             now = ready
-                    else:
-                        # An injected clock has its own timebase: sleep on the loop's timer for
-                        # as long as that clock says is left, then read it again (a clock that
-                        # stands still keeps the waiter waiting, as it should).
-                        await park(ticket, loop_time() + (ready - now))
+                    elif (sleep_until := clock_sleeper(self._clock)) is not None:
+                        # An injected clock that can wait (FakeClock): it wakes the head when it
+                        # reads `ready` (less the core's float tolerance, from which on the head
+                        # is granted), or refuses the wait itself.
+                        await park_until(ticket, sleep_until, ready - TOLERANCE)
                         now = self._now()
+                    else:
+                        now, still_since = await self._sleep_on_loop(
+                            ticket, now, ready, still_since
+                        )
                     self._dispatch(now, ticket)
                 else:
                     await park(ticket)
@@ -258,6 +285,29 @@ class RateLimiter(PolicyBase):
         if ticket.state == REJECTED:  # the burst shrank below n while it waited (set_rate)
             raise RateLimited(self._name, None)
         bucket.finish(ticket)
+
+    async def _sleep_on_loop(
+        self, ticket: Ticket, now: float, ready: float, still_since: float
+    ) -> tuple[float, float]:
+        """The head's sleep on an injected clock without a ``sleep_until`` hook: on the loop's
+        timer, for as long as that clock says is left; returns its new reading, and the loop time
+        since which it stands still (``inf``: it moved). One that stands still for a second of
+        loop time does not move with the loop's: refuse, never spin (in virtual time the loop
+        would jump ahead for ever)."""
+        woken = await park(ticket, loop_time() + (ready - now))
+        before, now = now, self._now()
+        if woken or now != before:
+            return now, _INF
+        if still_since == _INF:
+            return now, loop_time()
+        if loop_time() - still_since < _STILL_LIMIT:
+            return now, still_since
+        raise RuntimeError(
+            f"RateLimiter {self._name!r}: its clock= {self._clock!r} stood still at {now!r} for "
+            f"{_STILL_LIMIT:g} s of the loop's time while a request waited; a waiter sleeps on "
+            "the loop's timer, so an injected clock must move with the loop's, or have a "
+            "sleep_until() hook (dwcp_resilience.testing.FakeClock has one)"
+        )
 
     def _dispatch(self, now: float, current: Ticket) -> None:
         bucket = self._bucket

@@ -35,6 +35,7 @@ __all__ = (
     "GRANTED",
     "QUEUED",
     "REJECTED",
+    "TOLERANCE",
     "Ticket",
     "TokenBucket",
     "check_request",
@@ -52,8 +53,10 @@ CANCELLED = 4
 """Given up while queued, or after the grant but before it ran (tokens refunded)."""
 
 _INF = math.inf
-_TOL = 1e-9
-"""Seconds of float noise forgiven when comparing admission times (sums of ``n / rate`` steps)."""
+TOLERANCE = 1e-9
+"""Seconds of float noise forgiven when comparing admission times (sums of ``n / rate`` steps): a
+ticket due at ``t`` is granted from ``t - TOLERANCE`` on."""
+_TOL = TOLERANCE
 
 
 def check_request(n: int, burst: int) -> None:
@@ -333,6 +336,15 @@ class TokenBucket:
         self.waiting -= 1
         self.cancelled += 1
         return True
+
+    def refill(self) -> None:
+        """Full again, with no clock reading remembered: the next reading starts afresh, even one
+        lower than any seen before (a new event loop's clock). Counters are kept. Only with nobody
+        waiting (the shell checks)."""
+        self._tat = self._high = self._granted_at = -_INF
+        self._queue.clear()
+        self._queued = 0
+        self._shifts += 1
 
     def reconfigure(self, rate: float, burst: int, now: float) -> list[Ticket]:
         """Change rate and burst at ``now``, keeping the tokens there (capped at the new burst) and

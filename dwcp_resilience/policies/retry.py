@@ -47,7 +47,9 @@ Semantics:
 - Giving up re-raises the last real exception, with a note (``exc.add_note``) saying how many
   attempts were made and why the retry stopped. No wrapper hides its type.
 - The backoff sleep is ``anyio.sleep``: cancellable on every backend; a cancel during it propagates
-  at once and no further attempt starts.
+  at once and no further attempt starts. With an injected ``clock`` that has a ``sleep_until`` hook
+  (:class:`~dwcp_resilience.WaitableClock`, such as ``testing.FakeClock``) the sleep runs on that
+  clock instead.
 
 The block form retries exceptions only (``retry_on_result`` needs a value it cannot see).
 
@@ -66,6 +68,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import anyio
 
+from ..core.clock import Clock, clock_sleeper, loop_time
 from ..core.context import current_deadline
 from ..core.errors import not_callable
 from ..core.policy import PolicyBase, check_decorated
@@ -100,6 +103,17 @@ T = TypeVar("T")
 _INF = math.inf
 
 
+async def _sleep(clock: Clock, seconds: float) -> None:
+    """The backoff sleep, as ``clock`` counts: on the loop's timer (``anyio.sleep``), or through an
+    injected clock's ``sleep_until`` hook when it has one (``FakeClock``: the sleep ends when the
+    test advances it, or it jumps, or it refuses the wait)."""
+    sleep_until = None if clock is loop_time else clock_sleeper(clock)
+    if sleep_until is None:
+        await anyio.sleep(seconds)
+    else:
+        await sleep_until(clock() + seconds)
+
+
 class Retry(RetryCore, PolicyBase):
     """Retry failed calls with backoff (module docstring for the full semantics).
 
@@ -120,7 +134,8 @@ class Retry(RetryCore, PolicyBase):
             :func:`dwcp_resilience.http.retry_after_hint` for HTTP responses).
         max_retry_after: the longest hint waited, in seconds (default 60; ``inf``: any finite
             hint). A longer hint gives up. ``max_delay`` does not bound hints.
-        clock: the clock (default: the running loop's).
+        clock: the clock (default: the running loop's); backoff sleeps run on it when it has a
+            ``sleep_until`` hook, else on the loop's timer.
         listeners: callables receiving :class:`RetryScheduled` and :class:`RetryGaveUp` events.
 
     Raises:
@@ -167,7 +182,7 @@ class Retry(RetryCore, PolicyBase):
                     return result
                 self._scheduled(attempt, exc, plan, now)
                 exc = result = None
-                await anyio.sleep(plan)
+                await _sleep(clock, plan)
                 prev = plan
                 attempt += 1
                 attempt_start = clock()
@@ -307,7 +322,7 @@ class _Attempts:
         if delay is None:  # the last attempt succeeded (or recorded nothing): done
             raise StopAsyncIteration
         self._delay = None
-        await anyio.sleep(delay)
+        await _sleep(retry._clock, delay)
         self._prev = delay
         self._number += 1
         self._attempt_start = retry._clock()
