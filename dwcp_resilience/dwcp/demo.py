@@ -74,6 +74,11 @@ DEMO_SCHEDULE: tuple[tuple[float, float, Fault, str], ...] = (
     (23.0, 3.0, ResetPeer(), "reset mid-frame"),
 )
 
+#: (start, downtime): the peer behind the proxy is stopped (every connection closed, connections
+#: refused) and started again on the same port and SQLite file.
+PEER_RESTART: tuple[float, float] = (27.0, 2.5)
+RESTART_LABEL = "peer-c down, restarted on its store"
+
 
 @dataclass(slots=True)
 class DemoResult:
@@ -83,6 +88,33 @@ class DemoResult:
     metrics_url: str
     picture: str | None
     timeline: list[tuple[float, int, int]] = field(default_factory=list)
+    recovery: float | None = None
+    """Seconds from the peer's restart to alice's first successful send after it."""
+
+
+class _RestartablePeer:
+    """peer-c: served in its own cancel scope, so the demo can stop it and start a new one on the
+    same port and store, as a restart after a crash would."""
+
+    def __init__(self, tg: anyio.abc.TaskGroup, **options: Any) -> None:
+        self._tg = tg
+        self._options = options
+        self._scope = anyio.CancelScope()
+        self.port = 0
+
+    async def start(self) -> int:
+        peer = DWCPPeer("peer-c", port=self.port, **self._options)
+        self._scope = scope = anyio.CancelScope()
+
+        async def serve(*, task_status: anyio.abc.TaskStatus[int]) -> None:
+            with scope:
+                await peer.serve(task_status=task_status)
+
+        self.port = await self._tg.start(serve)
+        return self.port
+
+    def stop(self) -> None:
+        self._scope.cancel()
 
 
 def _client_config(node: str, address: str) -> DWCPResilienceConfig:
@@ -203,9 +235,11 @@ async def run_demo(
                 "peer-b", seeds=seeds_a, lease_timeout=1.5, store_path=store / "b.db"
             ) as peer_b:
                 seeds = (*seeds_a, f"127.0.0.1:{peer_b.port}")
-                async with DWCPPeer(
-                    "peer-c", seeds=seeds, lease_timeout=1.5, store_path=store / "c.db"
-                ) as peer_c:
+                async with anyio.create_task_group() as peers:
+                    peer_c = _RestartablePeer(
+                        peers, seeds=seeds, lease_timeout=1.5, store_path=store / "c.db"
+                    )
+                    await peer_c.start()
                     schedule = [(start, duration, fault) for start, duration, fault, _ in plan]
                     async with ChaosProxy(
                         "127.0.0.1", peer_c.port, schedule=schedule, seed=2026
@@ -224,33 +258,57 @@ async def run_demo(
                         url = f"http://127.0.0.1:{server.port}/metrics"
                         out(DWCP_MEANING)
                         out(f"metrics: {url}")
+                        down_at, downtime = PEER_RESTART
+                        down_at, downtime = down_at * time_scale, downtime * time_scale
+                        shown = (*plan, (down_at, downtime, None, RESTART_LABEL))
+                        recovery: list[float] = []
+
+                        async def restart() -> None:
+                            await anyio.sleep(down_at)
+                            peer_c.stop()
+                            await anyio.sleep(downtime)
+                            await peer_c.start()
+                            back, sent = loop_time(), alice.sent
+                            while alice.sent == sent:  # noqa: ASYNC110 - a counter, no event
+                                await anyio.sleep(0.01)
+                            recovery.append(loop_time() - back)
+
                         try:
-                            async with alice, bob, carol:
+                            async with alice, bob, carol, anyio.create_task_group() as tg:
+                                tg.start_soon(restart)
                                 result = await _drive(
                                     alice,
                                     bob,
                                     carol,
-                                    plan,
+                                    shown,
                                     messages=messages,
                                     pace=pace,
                                     concurrency=concurrency,
                                     out=out,
                                     live=live,
                                 )
+                                tg.cancel_scope.cancel()
                         finally:
                             server.close()
                             collector.close()
+                    peer_c.stop()
         summary, timeline = result
-        path = save_timeline(picture, timeline, summary.records, plan) if picture else None
+        path = save_timeline(picture, timeline, summary.records, shown) if picture else None
+        back_after = recovery[0] if recovery else None
         _print_summary(summary, send_breaker.statistics(), out, path, url)
-        return DemoResult(summary, url, path, timeline)
+        if back_after is not None:
+            out(
+                f"  peer restart           down {downtime:.1f} s at t={down_at:.1f} s; the first "
+                f"send succeeded {back_after:.2f} s after it was back, from its SQLite store"
+            )
+        return DemoResult(summary, url, path, timeline, back_after)
 
 
 async def _drive(
     alice: DWCPResilientClient,
     bob: DWCPResilientClient,
     carol: DWCPResilientClient,
-    plan: tuple[tuple[float, float, Fault, str], ...],
+    plan: tuple[tuple[float, float, Fault | None, str], ...],
     *,
     messages: int,
     pace: float,

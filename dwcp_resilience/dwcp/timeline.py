@@ -21,7 +21,7 @@ _BAND_COLOURS = ("#f6c85f", "#ef8a8a", "#9d9df0", "#8fd18f", "#e5a0e5", "#8fd0e5
 def timeline_figure(
     timeline: list[tuple[float, int, int]],
     records: list[SendRecord],
-    schedule: tuple[tuple[float, float, Fault, str], ...],
+    schedule: tuple[tuple[float, float, Fault | None, str], ...],
 ) -> Any:
     """The timeline as a matplotlib figure (see the module docstring).
 
@@ -83,7 +83,7 @@ def save_timeline(
     path: str,
     timeline: list[tuple[float, int, int]],
     records: list[SendRecord],
-    schedule: tuple[tuple[float, float, Fault, str], ...],
+    schedule: tuple[tuple[float, float, Fault | None, str], ...],
 ) -> str | None:
     """Draw :func:`timeline_figure` into the PNG ``path``; ``None`` without matplotlib."""
     try:
