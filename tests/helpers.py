@@ -82,9 +82,9 @@ def with_crc(payload: bytes) -> bytes:
 # -- waiting ---------------------------------------------------------------------------------------
 
 
-async def wait_until(predicate: Callable[[], bool], *, timeout: float = 2.0) -> None:
-    """Poll a statistic until it holds (at most ``timeout`` seconds)."""
-    with anyio.fail_after(timeout):
+async def wait_until(predicate: Callable[[], bool], *, within: float = 2.0) -> None:
+    """Poll a statistic until it holds (at most ``within`` seconds)."""
+    with anyio.fail_after(within):
         while not predicate():  # noqa: ASYNC110 - polling counters, there is no event to wait on
             await anyio.sleep(0.005)
 

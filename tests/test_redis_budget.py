@@ -307,7 +307,9 @@ import asyncio, sys
 from dwcp_resilience.redis import FleetErrorBudget, RedisBackend
 
 async def main(url, instance, ok, failed):
-    async with RedisBackend(url, instance=instance) as backend:
+    # timeout=2: the sum is what this test checks, not the guard (a loaded 2-core machine took
+    # over 2 x 0.25 s for a child's first flush, which then stayed in flight: "done 0 10").
+    async with RedisBackend(url, instance=instance, timeout=2.0) as backend:
         async with FleetErrorBudget(backend, "api", slo=0.9, window=60.0, bucket=1.0) as budget:
             for _ in range(ok):
                 budget.record(True)
