@@ -511,3 +511,23 @@ class ErrorBudgetMachine(RuleBasedStateMachine):
 
 TestErrorBudgetMachine = ErrorBudgetMachine.TestCase
 TestErrorBudgetMachine.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
+
+
+def test_a_huge_default_window_keeps_a_bounded_ring() -> None:
+    """A 1e9 s window with the default bucket: at most 100,000 buckets (60 s ones would be 16.7M,
+    2 x 134 MB of list), and it still counts and slides."""
+    import tracemalloc
+
+    clock = FakeClock()
+    tracemalloc.start()
+    try:
+        b = ErrorBudget("huge", slo=0.9, window=1e9, min_requests=1, clock=clock, burn_alerts=())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 100_000 * 8  # two rings of 100,000 (built twice: init and clear)
+    b.record(True)
+    b.record(False)
+    assert b.counts() == (2, 1)
+    clock.advance(1e9 + 1e4 + 1)  # both leave the window, bucket width 1e4 s
+    assert b.counts() == (0, 0)

@@ -11,7 +11,8 @@ The arithmetic keeps the Go package's formulas (``go-original.md`` section 1.6),
 
 What changed from Go, and why:
 
-- The window slides: it is cut into buckets of ``bucket`` seconds (default ``min(window / 60, 60)``)
+- The window slides: it is cut into buckets of ``bucket`` seconds (default ``min(window / 60, 60)``,
+  widened to ``window / 100_000`` for windows over 69 days, so the ring stays under 2 x 100,000 ints)
   and always holds the last ``ceil(window / bucket)`` buckets (the current one partial). Go used a
   tumbling window reset lazily *after* counting the request that found it expired, so that request
   was lost and every rollover started from zero.
@@ -39,6 +40,7 @@ from ..core.events import Event, Listeners
 from ..core.validate import check_int, check_name, check_number
 from ._window import BucketWindows
 
+_MAX_DEFAULT_BUCKETS = 100_000  # the default bucket widens past this (a 1e9 s window: 16.7M)
 _NAN = math.nan  # never equal to a bucket index: "not quiet"
 
 __all__ = (
@@ -147,7 +149,8 @@ class ErrorBudget:
         window: the window length in seconds.
         min_requests: the volume below which the budget is never "exhausted" (and burn-rate alerts
             never fire); default 100.
-        bucket: the bucket width in seconds (default ``min(window / 60, 60)``); at most ``window``.
+        bucket: the bucket width in seconds (default ``min(window / 60, 60)``, at least
+            ``window / 100_000``); at most ``window``.
         burn_alerts: the burn-rate alerts to evaluate (default: 1 h with 5 m at 14.4, 6 h with 30 m
             at 6); ``()`` turns burn-rate tracking off.
         clock: the monotonic clock (default: the running loop's).
@@ -196,7 +199,10 @@ class ErrorBudget:
         self.slo = check_number(slo, "slo", min_value=0.0, allow_zero=False, max_value=1.0)
         self.window = check_number(window, "window", min_value=0.0, allow_zero=False)
         self.min_requests = check_int(min_requests, "min_requests", min_value=0)
-        width = min(self.window / 60.0, 60.0) if bucket is None else bucket
+        if bucket is None:
+            width = max(min(self.window / 60.0, 60.0), self.window / _MAX_DEFAULT_BUCKETS)
+        else:
+            width = bucket
         width = check_number(
             width, "bucket", min_value=0.0, allow_zero=False, max_value=self.window
         )
