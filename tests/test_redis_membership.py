@@ -262,10 +262,11 @@ async def test_a_fresh_fleet_does_not_follow_its_first_reporter(
 
 
 async def test_the_threshold_falls_when_members_leave(anyio_backend: Any, redis_url: str) -> None:
-    """8 members, 3 sick: 3 < 4 needed. Two healthy ones leave: 6 members, 3 needed, and the
-    reports already there open the remaining healthy ones (no new report)."""
+    """8 members, 3 sick: 3 < 4 needed (half of 7 others). One healthy member leaves: 7 members,
+    3 needed (half of 6), and the reports already there open the remaining healthy ones (no new
+    report)."""
     async with members(redis_url, 8, quorum=HALF, member_ttl=30.0) as group:
-        sick, leaving, staying = group[:3], group[3:5], group[5:]
+        sick, leaving, staying = group[:3], group[3:4], group[4:]
         await all_see(group, members=8, needed=4)
         for member in sick:
             await member.fail()
@@ -278,7 +279,7 @@ async def test_the_threshold_falls_when_members_leave(anyio_backend: Any, redis_
             await eventually(lambda m=member: m.breaker.state is BreakerState.OPEN,  # type: ignore[misc]
                              "the follow")  # fmt: skip
             (followed,) = member.recorder.of_type(FleetBreakerFollowed)
-            assert (followed.members, followed.quorum) == (6, 3)
+            assert (followed.members, followed.quorum) == (7, 3)
             assert followed.reporters == ("node-0", "node-1", "node-2")
 
 
@@ -529,7 +530,7 @@ async def test_processes_joining_and_leaving_move_the_count_and_the_threshold(
     anyio_backend: Any, redis_url: str
 ) -> None:
     """4 processes, then 12; 3 fall sick (3 < 6 needed); 4 healthy ones quit (8 live: 3 < 4);
-    2 healthy ones are killed (6 live after the TTL: 3 needed): the last 3 healthy ones follow."""
+    1 healthy one is killed (7 live after the TTL: 3 needed): the last 4 healthy ones follow."""
     async with process_fleet(redis_url) as fleet:
         first = await fleet.spawn(4)
         for child in first:
@@ -538,7 +539,7 @@ async def test_processes_joining_and_leaving_move_the_count_and_the_threshold(
         for child in fleet.children:
             await child.sees(members=12, needed=6)
         sick, quitting, killed, staying = (fleet.children[:3], fleet.children[3:7],
-                                           fleet.children[7:9], fleet.children[9:])  # fmt: skip
+                                           fleet.children[7:8], fleet.children[8:])  # fmt: skip
         for child in sick:
             await child.send("fail")
             await child.expect("event OPEN consecutive_failures")
@@ -553,7 +554,7 @@ async def test_processes_joining_and_leaving_move_the_count_and_the_threshold(
             await fleet.kill(child)
         for child in staying:
             await child.expect("event OPEN fleet_quorum", within=20.0)
-            assert await child.stats() == (6, 3, 3, "OPEN")
+            assert await child.stats() == (7, 3, 3, "OPEN")
             assert await child.ask("call", "call ") == "call rejected False"
         for child in sick:
             assert "event OPEN fleet_quorum" not in child.lines
