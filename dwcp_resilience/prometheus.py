@@ -22,7 +22,10 @@ Notes:
   ``latency_budget_target_seconds``, ``degradation_*``, ``chaos_*``, and
   ``operation_requests_total{manager, operation, result}`` for a tracked ``ResilienceManager``,
   and ``fleet_*`` for the Redis fleet primitives (``fleet_shared_state{kind, name}``,
-  ``fleet_fallbacks_total``, ``fleet_rate_limiter_*``, ``fleet_breaker_*``, ``fleet_budget_*``).
+  ``fleet_fallbacks_total``, ``fleet_members{kind, name}``, ``fleet_rate_limiter_*``,
+  ``fleet_breaker_*``, ``fleet_budget_*`` with the fleet-wide ``fleet_budget_snapshot_*``). They
+  are read from the primitives' cached state, which their own background tasks refresh: a scrape
+  never calls Redis.
 - Tracking holds a strong reference: :meth:`ResilienceCollector.untrack` what you drop.
 - The alert rules and the dashboard for these metrics are in :mod:`dwcp_resilience.ops`.
 

@@ -68,6 +68,11 @@ DECLARED_INTERFACES: dict[str, str] = {
     ),
     "dwcp_resilience.redis._gcra": "the GCRA Lua script of the Redis rate limiter",
     "dwcp_resilience.redis._budget_core": "the fleet error budget's pure bookkeeping",
+    "dwcp_resilience.redis._quorum": (
+        "the fleet breaker's pure quorum decision (QuorumShare, count_reports, QuorumFollower)"
+    ),
+    "dwcp_resilience.redis._breaker_lua": "the fleet breaker's Redis layout and Lua scripts",
+    "dwcp_resilience.redis._breaker_types": "the fleet breaker's event and statistics records",
     "dwcp_resilience.slo._window": "the error budget's pure bucketed sliding windows",
     "dwcp_resilience.dwcp._service": (
         "BackgroundService and accept_forever, shared by the DWCP peer and the chaos proxy"

@@ -335,9 +335,44 @@ def test_the_fleet_alert_and_rows_watch_every_fleet_primitive() -> None:
     assert "DWCPFleetOnLocalState" in alert_names(text)
     assert "expr: min by (kind, name) (dwcp_fleet_shared_state) == 0\n        for: 2m" in text
     rows = [p["title"] for p in dashboard()["panels"] if p["type"] == "row"]
-    assert rows[-4:] == [
+    assert rows[-6:] == [
         "Fleet state (Redis)",
+        "Fleet membership and quorum",
         "Fleet rate limiters",
         "Fleet breakers",
         "Fleet error budgets",
+        "Fleet error budgets, fleet-wide (latest snapshot)",
     ]
+
+
+def test_the_fleet_membership_and_snapshot_rows_hold_their_families() -> None:
+    """Membership and quorum in one row, the fleet-wide budget snapshot in another; each panel
+    groups by the identity labels its family has."""
+    rows: dict[str, list[str]] = {}
+    current = ""
+    for panel in dashboard()["panels"]:
+        if panel["type"] == "row":
+            current = panel["title"]
+            continue
+        rows.setdefault(current, []).append(panel["targets"][0]["expr"])
+    assert rows["Fleet membership and quorum"] == [
+        "dwcp_fleet_members",
+        "dwcp_fleet_breaker_reports_needed",
+    ]
+    snapshot = rows["Fleet error budgets, fleet-wide (latest snapshot)"]
+    assert snapshot == [
+        "dwcp_fleet_budget_snapshot_requests",
+        "dwcp_fleet_budget_snapshot_failures",
+        "dwcp_fleet_budget_snapshot_remaining",
+        "dwcp_fleet_budget_snapshot_burn_rate",
+        "dwcp_fleet_budget_snapshot_exhausted",
+        "sum by (budget) (rate(dwcp_fleet_budget_snapshots_total[$__rate_interval]))",
+    ]
+
+
+def test_the_fleet_budget_alert_reads_the_fleet_wide_snapshot() -> None:
+    """The highest snapshot over instances, so one instance's older snapshot cannot fire it."""
+    text = alerts()
+    assert "DWCPFleetErrorBudgetExhausted" in alert_names(text)
+    expr = "expr: max by (budget) (dwcp_fleet_budget_snapshot_remaining) < 0.1\n        for: 10m"
+    assert expr in text

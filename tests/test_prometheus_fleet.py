@@ -10,24 +10,34 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 from helpers import Samples, names, parse, value
 from prometheus_client import CollectorRegistry, generate_latest
 
 from dwcp_resilience import CircuitBreaker
-from dwcp_resilience.prometheus import FAMILIES, OTHER, ResilienceCollector
-from dwcp_resilience.redis import FleetBreaker, FleetErrorBudget, RedisBackend, RedisRateLimiter
+from dwcp_resilience.prometheus import FAMILIES, OTHER, ResilienceCollector, serve_metrics
+from dwcp_resilience.redis import (
+    FleetBreaker,
+    FleetErrorBudget,
+    QuorumShare,
+    RedisBackend,
+    RedisRateLimiter,
+)
 from dwcp_resilience.redis.server import RedisServer
 from dwcp_resilience.testing import FakeClock
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 FLEET_KEYS = [family.key for family in FAMILIES if family.key.startswith("fleet_")]
+# The fleet-wide budget figures exist only once a shared snapshot was taken.
+SNAPSHOT_GAUGES = [key for key in FLEET_KEYS if key.startswith("fleet_budget_snapshot_")]
 UNUSED_URL = "redis://127.0.0.1:1/0"  # a backend never called: a scrape does not talk to Redis
 
 
@@ -163,7 +173,86 @@ async def test_a_local_breaker_tracked_twice_is_counted_once(anyio_backend: Any)
             assert value(samples, "dwcp_fleet_breaker_reports_pending", name="payments") == 1
 
 
+async def test_fleet_membership_and_the_share_quorum_are_exposed(
+    anyio_backend: Any, redis_url: str
+) -> None:
+    """Three members with QuorumShare(0.5): each exposes 3 live members and 2 reports needed;
+    after one leaves, the others expose 2."""
+    async with AsyncExitStack() as stack:
+        fleets = []
+        for name in ("a", "b", "c"):
+            backend = await stack.enter_async_context(RedisBackend(redis_url, instance=name))
+            fleets.append(FleetBreaker(backend, breaker(), quorum=QuorumShare(0.5),
+                                       poll_interval=0.05, member_ttl=30.0))  # fmt: skip
+        a, b, c = fleets
+        with collected(a) as scrape_a, collected(b) as scrape_b:
+            async with a, b:
+                async with c:
+                    for each in fleets:
+                        await eventually(lambda f=each: f.statistics().members == 3, "3 members")  # type: ignore[misc]
+                    full = scrape_a(), scrape_b()
+                await eventually(lambda: a.statistics().members == 2, "c's leave")
+                after = scrape_a()
+    for samples in full:
+        assert value(samples, "dwcp_fleet_members", **fleet("breaker", "payments")) == 3
+        assert value(samples, "dwcp_fleet_breaker_reports_needed", name="payments") == 2
+    assert value(after, "dwcp_fleet_members", **fleet("breaker", "payments")) == 2
+
+
 # -- FleetErrorBudget ---------------------------------------------------------------------------
+
+
+async def test_the_fleet_wide_budget_snapshot_is_exposed_from_the_cache(
+    anyio_backend: Any, redis_url: str
+) -> None:
+    """The refresher's latest shared snapshot is the fleet's figure on every instance; while the
+    latest one is local only (Redis unreachable), the fleet-wide families have no sample."""
+    async with (
+        RedisBackend(redis_url, instance="a", timeout=2.0) as backend_a,
+        RedisBackend(redis_url, instance="b", timeout=2.0) as backend_b,
+    ):
+        options: dict[str, Any] = {"slo": 0.9, "window": 60.0, "bucket": 1.0, "min_requests": 5,
+                                   "flush_interval": 0.05, "snapshot_interval": 0.05}  # fmt: skip
+        a = FleetErrorBudget(backend_a, "api", **options)
+        b = FleetErrorBudget(backend_b, "api", **options)
+        with collected(a) as scrape_a, collected(b) as scrape_b:
+            before = scrape_a()
+            async with a, b:
+                for _ in range(6):
+                    a.record(True)
+                for ok in (True, False, False, False):
+                    b.record(ok)
+                for each in (a, b):
+                    await eventually(lambda e=each: _fleet_total(e) == 10, "the fleet's records")  # type: ignore[misc]
+                at_a, at_b = scrape_a(), scrape_b()
+                backend_a.breaker.force_open()
+                await eventually(
+                    lambda: a.last_snapshot is not None and not a.last_snapshot.shared,
+                    "a local snapshot",
+                )
+                down = scrape_a()
+                backend_a.breaker.reset()
+    api = {"budget": "api"}
+    assert not {f"dwcp_{key}" for key in SNAPSHOT_GAUGES} & names(before)
+    assert value(before, "dwcp_fleet_budget_snapshots_total", **api) == 0
+    for samples in (at_a, at_b):  # the same fleet figure on both instances
+        assert value(samples, "dwcp_fleet_budget_snapshot_requests", **api) == 10
+        assert value(samples, "dwcp_fleet_budget_snapshot_failures", **api) == 3
+        # 3 failures, 1 allowed (10 % of 10): the budget is spent, burning 3x.
+        assert value(samples, "dwcp_fleet_budget_snapshot_remaining", **api) == 0
+        assert value(samples, "dwcp_fleet_budget_snapshot_burn_rate", **api) == pytest.approx(3.0)
+        assert value(samples, "dwcp_fleet_budget_snapshot_exhausted", **api) == 1
+        assert value(samples, "dwcp_fleet_budget_snapshots_total", **api) >= 1
+    # Each instance's own records stay in the local families.
+    assert value(at_a, "dwcp_error_budget_requests_total", **api) == 6
+    assert value(at_b, "dwcp_error_budget_failures_total", **api) == 3
+    assert not {f"dwcp_{key}" for key in SNAPSHOT_GAUGES} & names(down)
+    assert value(down, "dwcp_fleet_shared_state", **fleet("budget", "api")) == 0
+
+
+def _fleet_total(budget: FleetErrorBudget) -> int | None:
+    snapshot = budget.last_snapshot
+    return snapshot.total if snapshot is not None and snapshot.shared else None
 
 
 async def test_a_fleet_error_budget_fills_the_error_budget_and_fleet_families(
@@ -301,6 +390,100 @@ async def test_redis_killed_then_back_shows_in_the_fleet_families(anyio_backend:
     assert value(back, "dwcp_fleet_budget_unflushed_records", budget="api") == 0
 
 
+# -- a scrape makes no Redis call -----------------------------------------------------------------
+
+
+def _command_counts(client: Any) -> dict[str, int]:
+    """Redis' own count of every command it ran (INFO commandstats), read with a blocking client:
+    the event loop does not run meanwhile."""
+    stats: dict[str, Any] = client.info("commandstats")
+    return {name: int(entry["calls"]) for name, entry in stats.items()}
+
+
+@asynccontextmanager
+async def _busy_fleet(
+    url: str,
+) -> AsyncIterator[tuple[list[RedisBackend], list[Any], AsyncExitStack]]:
+    """Two instances, each with a fleet breaker, a fleet budget and a limiter, running; the
+    third item stops their background tasks (the backends stay open until the end)."""
+    async with AsyncExitStack() as backends_stack, AsyncExitStack() as stack:
+        backends, primitives = [], []
+        for name in ("a", "b"):
+            backend = await backends_stack.enter_async_context(RedisBackend(url, instance=name))
+            fleet_breaker = FleetBreaker(backend, breaker(), quorum=QuorumShare(0.5),
+                                         poll_interval=0.02)  # fmt: skip
+            budget = FleetErrorBudget(backend, "api", slo=0.9, window=60.0, bucket=1.0,
+                                      flush_interval=0.02, snapshot_interval=0.02)  # fmt: skip
+            limiter = RedisRateLimiter(backend, "api", rate=1000, burst=100, lease_max=1)
+            await stack.enter_async_context(fleet_breaker)
+            await stack.enter_async_context(budget)
+            backends.append(backend)
+            primitives += [fleet_breaker, budget, limiter]
+        for primitive in primitives:
+            if isinstance(primitive, RedisRateLimiter):
+                await primitive.acquire()
+            elif isinstance(primitive, FleetErrorBudget):
+                primitive.record(False)
+        for primitive in primitives:
+            if isinstance(primitive, FleetBreaker):
+                await eventually(lambda p=primitive: p.statistics().members == 2, "2 members")  # type: ignore[misc]
+            elif isinstance(primitive, FleetErrorBudget):
+                await eventually(lambda p=primitive: _fleet_total(p) == 2, "a fleet snapshot")  # type: ignore[misc]
+        yield backends, primitives, stack
+
+
+async def test_a_scrape_while_the_fleet_runs_sends_no_redis_command(
+    anyio_backend: Any, redis_url: str
+) -> None:
+    """Every command of the clients is counted: the background tasks send many, a scrape none
+    (the scrape is synchronous: no other task runs during it)."""
+    async with _busy_fleet(redis_url) as (backends, primitives, _):
+        sent: list[tuple[Any, ...]] = []
+        for backend in backends:
+            original = backend.client.execute_command
+
+            async def counting(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                sent.append(args)
+                return await _original(*args, **kwargs)
+
+            backend.client.execute_command = counting  # type: ignore[method-assign]
+        await eventually(lambda: len(sent) > 10, "the background's own commands")
+        with collected(*primitives) as scrape:
+            before = len(sent)
+            samples = scrape()
+            assert len(sent) == before
+        assert value(samples, "dwcp_fleet_members", **fleet("breaker", "payments")) == 2
+        assert value(samples, "dwcp_fleet_budget_snapshot_requests", budget="api") >= 2
+
+
+async def test_a_scrape_over_http_runs_no_redis_command(anyio_backend: Any, redis_url: str) -> None:
+    """Redis' own command counts: the background stopped (its cached values stay, the
+    connections stay open), a scrape of /metrics over HTTP runs nothing on Redis but the first
+    INFO that measures it."""
+    import redis
+
+    async with _busy_fleet(redis_url) as (_, primitives, background):
+        await background.aclose()  # the tasks stop; the primitives keep what they saw
+        registry = CollectorRegistry()
+        with (
+            ResilienceCollector(registry=registry) as collector,
+            redis.Redis.from_url(redis_url) as counter,  # one connection: one handshake
+        ):
+            for primitive in primitives:
+                collector.track(primitive)
+            with serve_metrics(registry) as server:
+                url = f"http://127.0.0.1:{server.port}/metrics"
+                before = _command_counts(counter)
+                body = await anyio.to_thread.run_sync(lambda: urllib.request.urlopen(url).read())
+                await anyio.sleep(0.2)  # anything the scrape scheduled would have run by now
+                after = _command_counts(counter)
+    ran = {name: after[name] - before.get(name, 0) for name in after}
+    assert {name: count for name, count in ran.items() if count} == {"cmdstat_info": 1}
+    samples = parse(body.decode())
+    assert value(samples, "dwcp_fleet_members", **fleet("breaker", "payments")) == 2
+    assert value(samples, "dwcp_fleet_budget_snapshot_failures", budget="api") == 2
+
+
 # -- without Redis --------------------------------------------------------------------------------
 
 
@@ -321,9 +504,13 @@ async def _fresh_fleet_exposition() -> str:
 
 async def test_every_fleet_family_is_filled_without_a_redis_call(anyio_backend: Any) -> None:
     """Fresh fleet primitives on a backend that was never reached: every fleet family has a
-    sample."""
+    sample, but the fleet-wide budget figures, which need a shared snapshot first."""
     samples = parse(await _fresh_fleet_exposition())
-    assert {f"dwcp_{key}" for key in FLEET_KEYS} <= names(samples)
+    expected = {f"dwcp_{key}" for key in FLEET_KEYS if key not in SNAPSHOT_GAUGES}
+    assert expected <= names(samples)
+    assert not {f"dwcp_{key}" for key in SNAPSHOT_GAUGES} & names(samples)
+    assert value(samples, "dwcp_fleet_members", **fleet("breaker", "payments")) == 0
+    assert value(samples, "dwcp_fleet_breaker_reports_needed", name="payments") == 2
     for kind, name in (("limiter", "api"), ("breaker", "payments"), ("budget", "api")):
         assert value(samples, "dwcp_fleet_shared_state", **fleet(kind, name)) == 1
 

@@ -41,7 +41,13 @@ from dwcp_resilience.policies.ratelimit import RateLimiter
 from dwcp_resilience.policies.retry import Retry
 from dwcp_resilience.policies.retry_budget import RetryBudget
 from dwcp_resilience.prometheus import ResilienceCollector, serve_metrics
-from dwcp_resilience.redis import FleetBreaker, FleetErrorBudget, RedisBackend, RedisRateLimiter
+from dwcp_resilience.redis import (
+    FleetBreaker,
+    FleetErrorBudget,
+    QuorumShare,
+    RedisBackend,
+    RedisRateLimiter,
+)
 from dwcp_resilience.slo.checks import PingCheck
 from dwcp_resilience.slo.degradation import DegradationManager
 from dwcp_resilience.slo.error_budget import ErrorBudget
@@ -106,7 +112,7 @@ async def boom() -> None:
 class App:
     """Every primitive, tracked, under steady traffic."""
 
-    def __init__(self, collector: ResilienceCollector) -> None:
+    def __init__(self, collector: ResilienceCollector, redis_url: str) -> None:
         track = collector.track
         self.breaker = track(CircuitBreaker("db", max_failures=3, reset_timeout=0.2,
                                             half_open_successes=1, record_latency=True))  # fmt: skip
@@ -130,11 +136,18 @@ class App:
         self.manager = collector.track_manager(ResilienceManager("app"))
         self.manager.register_bulkhead("op", max_concurrent=4)
         self.manager.register_error_budget("op", slo=0.99)
-        # Fleet primitives on a backend never called: a scrape reads their statistics() only.
-        fleet = RedisBackend("redis://127.0.0.1:1/0")
-        track(RedisRateLimiter(fleet, "fleet-api", rate=50.0, burst=2))
-        track(FleetBreaker(fleet, CircuitBreaker("fleet-db")))
-        self.fleet_budget = track(FleetErrorBudget(fleet, "fleet-send", slo=0.99))
+        # Fleet primitives on a real Redis; a scrape reads their cached statistics() only, which
+        # their own background tasks (run below) refresh.
+        self.fleet = RedisBackend(redis_url, instance="app")
+        self.fleet_limiter = track(RedisRateLimiter(self.fleet, "fleet-api", rate=50.0, burst=2))
+        self.fleet_breaker = track(
+            FleetBreaker(self.fleet, CircuitBreaker("fleet-db"), quorum=QuorumShare(0.5),
+                         poll_interval=0.2)
+        )  # fmt: skip
+        self.fleet_budget = track(
+            FleetErrorBudget(self.fleet, "fleet-send", slo=0.99, flush_interval=0.2,
+                             snapshot_interval=0.2)
+        )  # fmt: skip
         self.tick = 0
 
     async def flaky(self) -> str:
@@ -160,7 +173,8 @@ class App:
         with contextlib.suppress(Exception):  # the injected fault
             await self.chaos.call(ok)
         self.error_budget.record(self.tick % 10 != 0)
-        self.fleet_budget.record(self.tick % 10 != 0)  # local only: it is never flushed
+        self.fleet_budget.record(self.tick % 10 != 0)
+        await self.fleet_limiter.try_acquire()
         with contextlib.suppress(OSError):
             await self.manager.execute_with_all_protections("op", self.op)
         self.latency.record(0.001 * (self.tick % 10))
@@ -173,12 +187,13 @@ class App:
             with pytest.raises(OSError):
                 await self.breaker.call(boom)
         self.degradation.set_component_level("transport", 1)
-        task_status.started()
-        for _ in range(3):
-            tg.start_soon(self.bulkhead_load)
-        while True:
-            await self.step()
-            await anyio.sleep(0.01)
+        async with self.fleet_breaker, self.fleet_budget:
+            task_status.started()
+            for _ in range(3):
+                tg.start_soon(self.bulkhead_load)
+            while True:
+                await self.step()
+                await anyio.sleep(0.01)
 
     async def bulkhead_load(self) -> None:
         while True:
@@ -210,11 +225,24 @@ async def wait_for(predicate: Any, seconds: float) -> None:
 
 
 async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
-    prometheus_binary: str, tmp_path: Path
+    prometheus_binary: str, tmp_path: Path, redis_url: str
 ) -> None:
     registry = CollectorRegistry()
     collector = ResilienceCollector(registry=registry)
-    app = App(collector)
+    app = App(collector, redis_url)
+    # The backend closes after the task group (not inside its cancelled scope: a redis-py client
+    # closed while cancelled leaves its connections open).
+    async with app.fleet:
+        await _scrape_every_dashboard_query(app, registry, collector, prometheus_binary, tmp_path)
+
+
+async def _scrape_every_dashboard_query(
+    app: App,
+    registry: CollectorRegistry,
+    collector: ResilienceCollector,
+    prometheus_binary: str,
+    tmp_path: Path,
+) -> None:
     web_port = free_port()
     base = f"http://127.0.0.1:{web_port}"
     async with anyio.create_task_group() as tg:
@@ -252,7 +280,7 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
             assert not empty, "\n".join(empty)
             groups = (await anyio.to_thread.run_sync(get_json, f"{base}/api/v1/rules"))["data"]
             rules = [rule for group in groups["groups"] for rule in group["rules"]]
-            assert len(rules) == 18
+            assert len(rules) == 19
             assert all(rule["health"] == "ok" for rule in rules), [
                 (rule["name"], rule.get("lastError")) for rule in rules if rule["health"] != "ok"
             ]

@@ -128,7 +128,7 @@ async def _reporters(url: str) -> dict[str, float]:
     import redis.asyncio as redis_asyncio
 
     async with redis_asyncio.Redis.from_url(url) as client:
-        found: Any = await client.zrange(f"dwcp:breaker:{NAME}:opened", 0, -1, withscores=True)
+        found: Any = await client.zrange(f"dwcp:breaker:{{{NAME}}}:opened", 0, -1, withscores=True)
         return {member.decode(): score for member, score in found}
 
 
@@ -168,7 +168,7 @@ async def test_an_opening_is_followed_by_quorum_one(anyio_backend: Any, redis_ur
         stats = sick.fleet.statistics()
         assert stats.reports_published == 1 and stats.reports_pending == 0
         assert stats.quorum_trips == 0 and stats.shared
-        key = "dwcp:breaker:payments:opened"
+        key = "dwcp:breaker:{payments}:opened"
         assert 0 < await _ttl_ms(redis_url, key) <= 10_000
         assert "payments" in repr(sick.fleet) and "quorum=1" in repr(sick.fleet)
 

@@ -136,6 +136,81 @@ async def test_the_background_flusher_pushes_deltas(anyio_backend: Any, redis_ur
         assert (snap.total, snap.failed) == (6, 2)
 
 
+async def test_the_refresher_keeps_the_latest_fleet_snapshot(
+    anyio_backend: Any, redis_url: str
+) -> None:
+    """``async with`` takes a snapshot at entry and every ``snapshot_interval``: the latest one is
+    kept (``last_snapshot``, ``statistics().snapshot``) and reading it calls no Redis."""
+    async with _budgets(redis_url, 2, flush_interval=0.05, snapshot_interval=0.05) as (one, two):
+        assert one.last_snapshot is None and one.statistics().snapshot is None
+        assert one.statistics().snapshots == 0
+        async with one, two:
+            await _eventually_async(lambda: _shared_total(one) == 0, "the snapshot at entry")
+            _record(one, ok=3, failed=1)
+            _record(two, ok=6, failed=0)
+            for budget in (one, two):
+                await _eventually_async(lambda b=budget: _shared_total(b) == 10, "10 records")  # type: ignore[misc]
+            stats = one.statistics()
+            snapshot = one.last_snapshot
+            assert snapshot is not None and stats.snapshot == snapshot
+            assert (snapshot.failed, snapshot.shared, snapshot.name) == (1, True, "api")
+            assert stats.snapshots >= 2  # the one at entry, then the refreshed ones
+        assert one.last_snapshot == snapshot  # kept after exit
+
+
+def _shared_total(budget: FleetErrorBudget) -> int | None:
+    snapshot = budget.last_snapshot
+    return snapshot.total if snapshot is not None and snapshot.shared else None
+
+
+async def _eventually_async(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await anyio.sleep(0.01)
+
+
+async def test_the_refresher_takes_the_local_snapshot_while_redis_is_down(
+    anyio_backend: Any, redis_url: str
+) -> None:
+    recorder: RecordingListener[Event] = RecordingListener()
+    async with RedisBackend(redis_url, instance="a", timeout=2.0) as backend:
+        budget = FleetErrorBudget(backend, "api", slo=0.9, window=60.0, bucket=1.0,
+                                  flush_interval=0.05, snapshot_interval=0.05,
+                                  listeners=[recorder])  # fmt: skip
+        async with budget:
+            await _eventually_async(lambda: _shared_total(budget) == 0, "a shared snapshot")
+            taken = budget.statistics().snapshots
+            backend.breaker.force_open()
+            _record(budget, ok=1, failed=1)
+            await _eventually_async(
+                lambda: budget.last_snapshot is not None and not budget.last_snapshot.shared,
+                "the local snapshot",
+            )
+            snapshot = budget.last_snapshot
+            assert snapshot is not None and (snapshot.total, snapshot.failed) == (2, 1)
+            assert budget.statistics().snapshots == taken  # only shared ones are counted
+            assert [type(e) for e in recorder.events] == [FleetFallback]
+            backend.breaker.reset()
+            await _eventually_async(lambda: _shared_total(budget) == 2, "the fleet's view again")
+
+
+async def test_no_background_snapshots_without_an_interval(
+    anyio_backend: Any, redis_url: str
+) -> None:
+    async with _budgets(redis_url, 1, run=True, flush_interval=0.05,
+                        snapshot_interval=None) as (budget,):  # fmt: skip
+        names = {task.get_name() for task in asyncio.all_tasks()}
+        assert "fleet-budget:api:flush" in names
+        assert not any(name.endswith(":snap") for name in names)
+        assert budget.last_snapshot is None
+        snapshot = await budget.fleet_snapshot()  # on demand, and kept
+        assert budget.last_snapshot == snapshot and budget.statistics().snapshots == 1
+    async with _budgets(redis_url, 1, run=True) as (budget,):
+        names = {task.get_name() for task in asyncio.all_tasks()}
+        assert "fleet-budget:api:snap" in names
+
+
 async def test_an_outage_keeps_the_deltas_and_flushes_them_once(
     anyio_backend: Any, redis_url: str
 ) -> None:
@@ -279,6 +354,12 @@ async def test_old_deltas_are_dropped_during_an_outage(anyio_backend: Any, redis
         ({"bucket": 120.0}, ValueError),  # wider than the window
         ({"flush_interval": 0}, ValueError),
         ({"flush_interval": math.inf}, ValueError),
+        ({"snapshot_interval": 0}, ValueError),
+        ({"snapshot_interval": -1.0}, ValueError),
+        ({"snapshot_interval": math.nan}, ValueError),
+        ({"snapshot_interval": math.inf}, ValueError),
+        ({"snapshot_interval": "5"}, TypeError),
+        ({"snapshot_interval": True}, TypeError),
         ({"min_requests": -1}, ValueError),
         ({"local": "budget"}, TypeError),
         ({"clock": 1}, TypeError),

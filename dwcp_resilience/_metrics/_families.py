@@ -157,6 +157,10 @@ EXTRA_FAMILIES: tuple[Family, ...] = (
     Family("fleet_fallbacks_total", "counter",
            "Times a fleet primitive fell back from shared Redis state to local state",
            ("kind", "name")),
+    Family("fleet_members", "gauge",
+           "Live members of a fleet primitive as this instance last saw them, itself included "
+           "(kind breaker: instances that polled the fleet breaker within its member TTL)",
+           ("kind", "name"), "max"),
     Family("fleet_rate_limiter_admitted_total", "counter",
            "Requests a fleet rate limiter admitted, by who decided (shared: a Redis round trip, "
            "leased: this process' lease, local: the fallback limiter)", ("limiter", "source")),
@@ -178,6 +182,9 @@ EXTRA_FAMILIES: tuple[Family, ...] = (
            ("name",), "max"),
     Family("fleet_breaker_polls_total", "counter", "Successful polls of the fleet breaker's "
            "shared state", ("name",)),
+    Family("fleet_breaker_reports_needed", "gauge",
+           "Reports from other instances needed to trip the local breaker, at the last poll (an "
+           "absolute quorum, or a share of the other live members)", ("name",), "max"),
     Family("fleet_budget_unflushed_records", "gauge",
            "Records of this process not yet confirmed by Redis (pending and in flight)",
            ("budget",)),
@@ -189,6 +196,25 @@ EXTRA_FAMILIES: tuple[Family, ...] = (
     Family("fleet_budget_duplicate_batches_total", "counter",
            "Confirmed batches Redis had already applied (a lost reply, sent again)",
            ("budget",)),
+    # the fleet-wide figures of the latest shared snapshot (taken in the background by the
+    # budget's own task group; absent before the first one and while the latest was local only)
+    Family("fleet_budget_snapshot_requests", "gauge",
+           "Requests of the whole fleet in the budget's window, at the latest snapshot",
+           ("budget",), "max"),
+    Family("fleet_budget_snapshot_failures", "gauge",
+           "Failed requests of the whole fleet in the budget's window, at the latest snapshot",
+           ("budget",), "max"),
+    Family("fleet_budget_snapshot_remaining", "gauge",
+           "Error budget remaining for the whole fleet (0-1), at the latest snapshot",
+           ("budget",), "min"),
+    Family("fleet_budget_snapshot_burn_rate", "gauge",
+           "Error budget burn rate of the whole fleet over the budget's window (1 = spending "
+           "exactly the budget), at the latest snapshot", ("budget",), "max"),
+    Family("fleet_budget_snapshot_exhausted", "gauge",
+           "Fleet error budget exhausted (1) or not (0), at the latest snapshot", ("budget",),
+           "max"),
+    Family("fleet_budget_snapshots_total", "counter",
+           "Fleet-wide snapshots of the error budget taken from Redis", ("budget",)),
 )  # fmt: skip
 
 FAMILIES: tuple[Family, ...] = GO_FAMILIES + EXTRA_FAMILIES

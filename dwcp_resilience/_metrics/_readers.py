@@ -237,6 +237,8 @@ def _fleet_breaker(s: Any, fold: Fold, out: Sink) -> None:
     out.add("fleet_breaker_quorum_trips_total", name, s.quorum_trips)
     out.add("fleet_breaker_reporters", name, s.last_reporters)
     out.add("fleet_breaker_polls_total", name, s.polls)
+    out.add("fleet_members", ("breaker", *name), s.members)
+    out.add("fleet_breaker_reports_needed", name, s.reports_needed)
 
 
 def _fleet_budget(s: Any, fold: Fold, out: Sink) -> None:
@@ -246,6 +248,14 @@ def _fleet_budget(s: Any, fold: Fold, out: Sink) -> None:
     out.add("fleet_budget_dropped_records_total", budget, s.dropped_records)
     out.add("fleet_budget_batches_total", budget, s.batches)
     out.add("fleet_budget_duplicate_batches_total", budget, s.duplicates)
+    out.add("fleet_budget_snapshots_total", budget, s.snapshots)
+    snapshot = s.snapshot
+    if snapshot is not None and snapshot.shared:  # a local-only figure is not the fleet's
+        out.add("fleet_budget_snapshot_requests", budget, snapshot.total)
+        out.add("fleet_budget_snapshot_failures", budget, snapshot.failed)
+        out.add("fleet_budget_snapshot_remaining", budget, snapshot.remaining)
+        out.add("fleet_budget_snapshot_burn_rate", budget, snapshot.burn_rate)
+        out.add("fleet_budget_snapshot_exhausted", budget, 1.0 if snapshot.exhausted else 0.0)
 
 
 Reader = Callable[[Any, Fold, Sink], None]

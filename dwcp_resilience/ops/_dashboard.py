@@ -16,8 +16,9 @@ __all__ = ("build_dashboard", "render_dashboard")
 RATE = "$__rate_interval"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
-# (row title, family-key prefix, identity labels of the kind)
-ROWS = (
+# (row title, family-key prefix or prefixes, identity labels of the kind: a panel uses those its
+# family has)
+ROWS: tuple[tuple[str, str | tuple[str, ...], str], ...] = (
     ("Circuit breakers", "circuit_breaker_", "name"),
     ("Retries", "retry_", "policy"),
     ("Retry budgets", "retry_budget_", "budget"),
@@ -30,24 +31,29 @@ ROWS = (
     ("Chaos", "chaos_", "chaos"),
     ("Manager operations", "operation_", "manager, operation"),
     ("Fleet state (Redis)", "fleet_", "kind, name"),
+    ("Fleet membership and quorum", ("fleet_members", "fleet_breaker_reports_needed"),
+     "kind, name"),
     ("Fleet rate limiters", "fleet_rate_limiter_", "limiter"),
     ("Fleet breakers", "fleet_breaker_", "name"),
     ("Fleet error budgets", "fleet_budget_", "budget"),
-)
+    ("Fleet error budgets, fleet-wide (latest snapshot)", "fleet_budget_snapshot", "budget"),
+)  # fmt: skip
 
 
 def _row_of(family: Family) -> int:
     """The row of the longest matching prefix (``retry_budget_`` before ``retry_``)."""
-    matches = [(len(prefix), i) for i, (_, prefix, _) in enumerate(ROWS)
+    matches = [(len(prefix), i) for i, (_, prefixes, _) in enumerate(ROWS)
+               for prefix in ((prefixes,) if isinstance(prefixes, str) else prefixes)
                if family.key.startswith(prefix)]  # fmt: skip
     return max(matches)[1]
 
 
 def _panel(family: Family, by: str, panel_id: int, x: int, y: int) -> dict[str, Any]:
     name = f"dwcp_{family.key}"
-    ident = by.split(", ")
+    ident = [label for label in by.split(", ") if label in family.labels]
     extra = [label for label in family.labels if label not in ident]
     group = ", ".join([*ident, *extra])
+    by = ", ".join(ident)
     legend = " ".join("{{%s}}" % label for label in [*ident, *extra])  # noqa: UP031 - braces
     unit = "short"
     if family.type == "histogram":

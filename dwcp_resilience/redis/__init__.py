@@ -15,6 +15,7 @@ from ._backend import (
     FleetRestored,
     RedisBackend,
 )
+from ._quorum import QuorumShare
 from .breaker import FleetBreaker, FleetBreakerFollowed, FleetBreakerStatistics
 from .budget import FleetBudgetSnapshot, FleetBudgetStatistics, FleetErrorBudget
 from .limiter import RedisRateLimiter, RedisRateLimiterStatistics
@@ -30,6 +31,7 @@ __all__ = (
     "FleetErrorBudget",
     "FleetFallback",
     "FleetRestored",
+    "QuorumShare",
     "RedisBackend",
     "RedisRateLimiter",
     "RedisRateLimiterStatistics",

@@ -1,4 +1,5 @@
-"""The fleet error budget's pure bookkeeping: unflushed deltas per local bucket, one batch in flight.
+"""The fleet error budget's pure bookkeeping: unflushed deltas per local bucket, one batch in flight,
+and the snapshot arithmetic (:func:`budget_snapshot`).
 
 No I/O and no clock of its own (every method takes ``now``), so a Hypothesis state machine can
 drive it against a model server that loses replies (``tests/test_redis_budget.py``).
@@ -6,9 +7,10 @@ drive it against a model server that loses replies (``tests/test_redis_budget.py
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-__all__ = ("BudgetBatch", "BudgetDeltas")
+__all__ = ("BudgetBatch", "BudgetDeltas", "FleetBudgetSnapshot", "budget_snapshot")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,3 +112,75 @@ class BudgetDeltas:
     def inflight_records(self) -> int:
         """Records in the batch in flight."""
         return 0 if self._inflight is None else self._inflight.total
+
+
+@dataclass(frozen=True, slots=True)
+class FleetBudgetSnapshot:
+    """The budget over the window, for the fleet (``shared``) or, while Redis is down, this instance.
+
+    :ivar name: the budget's name.
+    :ivar shared: True: the fleet's sum from Redis; False: the local budget only (fallback).
+    :ivar slo: the target success ratio.
+    :ivar window: the window in seconds.
+    :ivar total: requests in the window.
+    :ivar failed: failed requests in the window.
+    :ivar availability: the request success ratio ``1 - failed / total`` (1.0 with no requests).
+    :ivar consumed: the part of the error budget spent, in [0, 1].
+    :ivar remaining: ``1 - consumed``.
+    :ivar allowed_failures: failures the window can still take.
+    :ivar burn_rate: ``(failed / total) / (1 - slo)`` (0.0 with no failures, ``inf`` if slo is 1).
+    :ivar exhausted: ``availability < slo`` with at least ``min_requests`` requests.
+    :ivar unflushed: this instance's records not yet confirmed by Redis (not in a shared total).
+    """
+
+    name: str
+    shared: bool
+    slo: float
+    window: float
+    total: int
+    failed: int
+    availability: float
+    consumed: float
+    remaining: float
+    allowed_failures: int
+    burn_rate: float
+    exhausted: bool
+    unflushed: int
+
+
+def budget_snapshot(
+    name: str,
+    *,
+    slo: float,
+    window: float,
+    min_requests: int,
+    total: int,
+    failed: int,
+    shared: bool,
+    unflushed: int,
+) -> FleetBudgetSnapshot:
+    """The budget over the window from its request and failure counts (pure arithmetic)."""
+    allowance = 1.0 - slo
+    if failed == 0:
+        consumed, burn = 0.0, 0.0
+    elif allowance <= 0.0:
+        consumed, burn = 1.0, math.inf
+    else:
+        consumed = min(1.0, failed / (total * allowance))
+        burn = failed / total / allowance
+    availability = 1.0 - failed / total if total else 1.0
+    return FleetBudgetSnapshot(
+        name=name,
+        shared=shared,
+        slo=slo,
+        window=window,
+        total=total,
+        failed=failed,
+        availability=availability,
+        consumed=consumed,
+        remaining=1.0 - consumed,
+        allowed_failures=max(0, math.floor(total * allowance + 1e-9) - failed),
+        burn_rate=burn,
+        exhausted=total >= min_requests and availability < slo,
+        unflushed=unflushed,
+    )

@@ -5,32 +5,36 @@ locally (no Redis round trip on the call path). Only one decision is shared: "in
 breaker N at time t". A fleet breaker follows the others by a quorum rule, so one sick node cannot
 poison the fleet (Polly #287).
 
-Keys and scripts (``<ns>`` is the backend's namespace, ``<name>`` the fleet breaker's name):
-
-- ``<ns>:breaker:<name>:opened``, a sorted set: member = instance id, score = the Redis server time
-  (ms, from ``TIME`` inside the script) of that instance's latest opening. One member per
-  instance, so the key never grows beyond the fleet's size; the publish script also drops entries
-  older than ``window`` and sets a TTL of ``window`` (the key vanishes when nobody reported).
-- ``<ns>:breaker:<name>:events``, a pub/sub channel: the publish script announces every report on
-  it so followers react at once. Messages can be lost (Redis blips, reconnects), so followers also
-  poll every ``poll_interval``.
+Keys: ``<ns>:breaker:{<name>}:opened`` (the reports: instance -> Redis time of its latest
+opening), ``<ns>:breaker:{<name>}:members`` (the live members: instance -> Redis time of its latest
+poll, which is its heartbeat) and the pub/sub channel ``<ns>:breaker:<name>:events``; the layout
+and the scripts are described in :mod:`dwcp_resilience.redis._breaker_lua`.
 
 Publishing: when the local breaker opens by itself (CLOSED or HALF_OPEN -> OPEN, not manual, and not
 a fleet-caused trip), the watcher publishes a report with one script (``ZADD GT`` + cleanup +
 ``PEXPIRE`` + ``PUBLISH``, one round trip). A trip caused by the fleet (reason ``"fleet_quorum"``)
 is never reported, so reports do not cascade.
 
-Quorum rule: an instance trips its local breaker (``breaker.trip("fleet_quorum")``) when at least
-``quorum`` *other* instances reported an opening within the last ``window`` seconds of Redis time,
-its local breaker is CLOSED (not disabled), and at least one of those reports is newer than the
-reports it has already acted on. Its own reports never count (its breaker already acted on them).
-Reports seen while the local breaker is OPEN or HALF_OPEN are absorbed: once its own half-open
-probes close it again, the same reports do not re-open it (recovery stays local). All instances of
-one fleet breaker should use the same ``window``.
+Quorum rule (one home: :mod:`dwcp_resilience.redis._quorum`): an instance trips its local breaker
+(``breaker.trip("fleet_quorum")``) when enough *other* instances reported an opening within the
+last ``window`` seconds of Redis time (an ``int`` quorum: that many; a
+:class:`~dwcp_resilience.redis.QuorumShare`: ``max(minimum, ceil(fraction * others))`` of the
+``others`` live members, counting live members' reports only), its local breaker is CLOSED (not
+disabled), and at least one of those reports is newer than the reports it has already acted on.
+Its own reports never count (its breaker already acted on them). Reports seen while the local
+breaker is OPEN or HALF_OPEN are absorbed: once its own half-open probes close it again, the same
+reports do not re-open it (recovery stays local). All instances of one fleet breaker should use the
+same ``window``, ``quorum`` and ``member_ttl``.
+
+A fleet starting up: an instance is a member from its first poll. Until then its own view counts no
+one, and while few members are live, ``QuorumShare.minimum`` (default 2) is what protects: 1 report
+of 1 other live member is 100 %, yet it needs 2. When members leave or expire the threshold falls
+with them, and the next poll trips if the reports already there now reach it.
 
 Redis unavailable (fail-open to local decisions): publishing and polling errors never reach calls;
-the local breaker keeps deciding alone. The first failure emits one
-:class:`~dwcp_resilience.redis.FleetFallback`, the next successful poll one
+the local breaker keeps deciding alone, and the quorum is not evaluated (the membership and
+reporter counts keep their last values; ``shared`` says they are stale). The first failure emits
+one :class:`~dwcp_resilience.redis.FleetFallback`, the next successful poll one
 :class:`~dwcp_resilience.redis.FleetRestored`. On return, this instance's latest own opening is
 published again if it is younger than ``window`` (a report missed during the outage, dated by its
 age; or one Redis lost in a restart, with its original score: ``ZADD GT`` makes this idempotent
@@ -38,11 +42,15 @@ and it is announced only if it changed the set). A poll that no longer finds thi
 published report while it is younger than ``window`` (a restart between two polls, no error seen)
 publishes it again the same way.
 
+Background work (no fire-and-forget task): ``async with fleet_breaker:`` opens a task group that
+the caller's block owns, with the watcher (publish, poll-and-heartbeat, quorum) and the pub/sub
+listener; leaving the block cancels both, then removes this instance from the members (bounded by
+the backend's ``timeout``, shielded from an outer cancellation).
+
 ``redis.asyncio`` is asyncio-only: a fleet breaker runs on asyncio and uvloop.
 
-This module is over 450 lines because it is mostly one class, :class:`FleetBreaker`, whose
-publishing, polling, quorum and fallback code share its state; its event and statistics types are
-small.
+This module is over 400 lines because it is mostly one class, :class:`FleetBreaker`, whose
+publishing, polling and fallback code share its state; the quorum decision is in ``_quorum``.
 """
 
 from __future__ import annotations
@@ -51,7 +59,6 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
@@ -60,9 +67,12 @@ from anyio.abc import TaskGroup
 
 from ..core.clock import Clock, loop_time
 from ..core.events import Event, Listeners
-from ..core.validate import check_int, check_name, check_number
+from ..core.validate import check_name, check_number
 from ..policies.breaker import BreakerState, BreakerStateChanged, CircuitBreaker
 from ._backend import UNAVAILABLE, BackendUnavailable, FallbackTracker, RedisBackend
+from ._breaker_lua import POLL_LUA, PUBLISH_LUA
+from ._breaker_types import FleetBreakerFollowed, FleetBreakerStatistics
+from ._quorum import QuorumFollower, QuorumShare, check_quorum, count_reports, reports_needed
 
 __all__ = ("FLEET_QUORUM", "FleetBreaker", "FleetBreakerFollowed", "FleetBreakerStatistics")
 
@@ -74,94 +84,30 @@ _log = logging.getLogger("dwcp_resilience")
 #: The ``reason`` of a trip caused by the fleet's quorum (never re-published as a report).
 FLEET_QUORUM = "fleet_quorum"
 
-# KEYS[1] the sorted set; ARGV: instance, window ms, age ms, known score ms (or ""), channel.
-# Returns {score used, 1 if the set changed}.
-_PUBLISH = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[2])
-local score
-if ARGV[4] ~= '' then score = tonumber(ARGV[4]) else score = now - tonumber(ARGV[3]) end
-if score <= now - window then return {score, 0} end
-local changed = redis.call('ZADD', KEYS[1], 'GT', 'CH', score, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-redis.call('PEXPIRE', KEYS[1], window)
-if changed > 0 then redis.call('PUBLISH', ARGV[5], ARGV[1]) end
-return {score, changed}
-"""
-
-# KEYS[1] the sorted set; ARGV: window ms. Returns {now ms, member, score, member, score, ...}.
-_POLL = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local found = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - tonumber(ARGV[1])), '+inf',
-    'WITHSCORES')
-table.insert(found, 1, now)
-return found
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class FleetBreakerFollowed(Event):
-    """The local breaker was tripped because a quorum of other instances reported an opening.
-
-    :ivar reporters: the other instances that reported within the window.
-    :ivar quorum: the configured quorum.
-    """
-
-    reporters: tuple[str, ...]
-    quorum: int
-
-
-@dataclass(frozen=True, slots=True)
-class FleetBreakerStatistics:
-    """A snapshot of a :class:`FleetBreaker`.
-
-    :ivar name: the fleet breaker's name (the shared key's name).
-    :ivar instance: this instance's id in shared state.
-    :ivar quorum: other instances' reports needed to trip.
-    :ivar window: seconds a report counts.
-    :ivar shared: True while Redis is reachable (False: local-only decisions).
-    :ivar state: the local breaker's state.
-    :ivar reports_published: own openings written to Redis (re-publications included).
-    :ivar reports_pending: 1 while an own opening waits to be published, else 0.
-    :ivar quorum_trips: times the fleet tripped the local breaker.
-    :ivar fallbacks: times this fleet breaker fell back to local-only decisions.
-    :ivar last_reporters: other instances that reported within the window at the last poll.
-    :ivar polls: successful polls of the shared state.
-    """
-
-    name: str
-    instance: str
-    quorum: int
-    window: float
-    shared: bool
-    state: BreakerState
-    reports_published: int
-    reports_pending: int
-    quorum_trips: int
-    fallbacks: int
-    last_reporters: int
-    polls: int
-
 
 class FleetBreaker:
     """Share a local breaker's openings with a fleet, and follow the fleet by a quorum rule.
 
     The local ``breaker`` keeps deciding every call on its own; use it (or :meth:`call`) as usual.
-    The fleet breaker only publishes the local breaker's own openings and trips it when
-    ``quorum`` other instances opened within ``window`` seconds (see the module docs). It needs a
-    running watcher: use it as ``async with fleet_breaker:`` (the watcher stops on exit).
+    The fleet breaker only publishes the local breaker's own openings and trips it when a quorum
+    of other instances opened within ``window`` seconds (see the module docs). It needs a
+    running watcher: use it as ``async with fleet_breaker:`` (the watcher stops on exit, and this
+    instance leaves the members).
 
     Args:
         backend: the Redis connection (its ``instance`` is this process' id in shared state).
         breaker: the local breaker to share and to trip.
         name: the shared name (default: the breaker's name); instances with the same name and
             namespace form one fleet breaker.
-        quorum: how many *other* instances must report an opening within ``window`` (an int >= 1).
+        quorum: how many *other* instances must report an opening within ``window``: an int
+            >= 1, or a :class:`~dwcp_resilience.redis.QuorumShare` of the other live members
+            (``QuorumShare(0.5)``: half of them, and at least 2).
         window: seconds (of Redis server time) a report counts; finite and > 0.
-        poll_interval: seconds between polls of the shared state (pub/sub makes followers react
-            sooner; polling covers lost messages); finite and > 0.
+        poll_interval: seconds between polls of the shared state, each one a heartbeat (pub/sub
+            makes followers react sooner; polling covers lost messages); finite and > 0.
+        member_ttl: seconds a member stays live after its latest poll; finite and at least
+            ``2 * poll_interval`` (one late poll does not drop a member). Default
+            ``3 * poll_interval``.
         listeners: called inline with :class:`FleetBreakerFollowed`,
             :class:`~dwcp_resilience.redis.FleetFallback` and
             :class:`~dwcp_resilience.redis.FleetRestored`.
@@ -178,11 +124,17 @@ class FleetBreaker:
         "_breaker",
         "_channel",
         "_clock",
+        "_follower",
         "_key",
         "_last_reporters",
         "_last_score",
         "_listeners",
+        "_member_ttl",
+        "_member_ttl_ms",
+        "_members",
+        "_members_key",
         "_name",
+        "_needed",
         "_opened_at",
         "_pending",
         "_poll",
@@ -196,7 +148,6 @@ class FleetBreaker:
         "_task_group",
         "_tracker",
         "_wake",
-        "_watermark",
         "_window",
         "_window_ms",
     )
@@ -207,9 +158,10 @@ class FleetBreaker:
         breaker: CircuitBreaker,
         *,
         name: str | None = None,
-        quorum: int = 2,
+        quorum: int | QuorumShare = 2,
         window: float = 30.0,
         poll_interval: float = 1.0,
+        member_ttl: float | None = None,
         listeners: Iterable[Callable[[Event], None]] = (),
         clock: Clock | None = None,
     ) -> None:
@@ -220,28 +172,43 @@ class FleetBreaker:
         self._backend = backend
         self._breaker = breaker
         self._name = check_name(breaker.name if name is None else name)
-        self._quorum = check_int(quorum, "quorum", min_value=1)
+        self._quorum = check_quorum(quorum)
         self._window = check_number(window, "window", min_value=0, allow_zero=False)
         self._window_ms = max(1, math.ceil(self._window * 1000))
         self._poll_interval = check_number(
             poll_interval, "poll_interval", min_value=0, allow_zero=False
         )
+        if member_ttl is None:
+            self._member_ttl = 3 * self._poll_interval
+        else:
+            self._member_ttl = check_number(member_ttl, "member_ttl", min_value=0, allow_zero=False)
+            if self._member_ttl < 2 * self._poll_interval:
+                raise ValueError(
+                    f"member_ttl must be >= 2 * poll_interval ({2 * self._poll_interval:g}), got "
+                    f"{member_ttl!r}: a member would expire between two polls"
+                )
+        self._member_ttl_ms = max(1, math.ceil(self._member_ttl * 1000))
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a zero-argument callable, got {type(clock).__name__}")
         self._clock: Clock = loop_time if clock is None else clock
         self._listeners: Listeners[Event] = Listeners(listeners)
         self._tracker = FallbackTracker(f"fleet-breaker:{self._name}", self._listeners)
-        self._key = backend.key("breaker", self._name, "opened")
+        # One hash tag for the keys the poll script reads together (one Redis Cluster slot).
+        tag = "{" + self._name + "}"
+        self._key = backend.key("breaker", tag, "opened")
+        self._members_key = backend.key("breaker", tag, "members")
         self._channel = backend.key("breaker", self._name, "events")
-        self._publish: Any = backend.register_script(_PUBLISH)
-        self._poll: Any = backend.register_script(_POLL)
+        self._publish: Any = backend.register_script(PUBLISH_LUA)
+        self._poll: Any = backend.register_script(POLL_LUA)
         # Own openings: the latest one (local clock) and, once published, its Redis score.
         self._opened_at: float | None = None
         self._last_score: int | None = None
         self._pending = False  # the latest own opening is not in Redis yet
         self._republish = False  # Redis came back: make sure the latest opening is there
-        self._watermark = -math.inf  # newest report (Redis ms) already acted on or absorbed
+        self._follower = QuorumFollower()
         self._published = self._quorum_trips = self._last_reporters = self._polls = 0
+        self._members = 0  # live members at the last poll (0: not polled yet)
+        self._needed = reports_needed(self._quorum, 0)
         self._wake: anyio.Event | None = None
         self._task_group: TaskGroup | None = None
         breaker.add_listener(self._on_breaker_event)
@@ -286,6 +253,7 @@ class FleetBreaker:
             instance=self._backend.instance,
             quorum=self._quorum,
             window=self._window,
+            member_ttl=self._member_ttl,
             shared=self._tracker.shared,
             state=self._breaker.state,
             reports_published=self._published,
@@ -294,6 +262,8 @@ class FleetBreaker:
             fallbacks=self._tracker.fallbacks,
             last_reporters=self._last_reporters,
             polls=self._polls,
+            members=self._members,
+            reports_needed=self._needed,
         )
 
     def add_listener(self, listener: Callable[[Event], None]) -> None:
@@ -304,8 +274,8 @@ class FleetBreaker:
         mode = "shared" if self._tracker.shared else "local-only"
         return (
             f"<FleetBreaker {self._name!r} {self._breaker.state} quorum={self._quorum} "
-            f"window={self._window:g}s {mode}, {self._published} published, "
-            f"{self._quorum_trips} followed>"
+            f"window={self._window:g}s {mode}, {self._members} members, "
+            f"{self._published} published, {self._quorum_trips} followed>"
         )
 
     # -- the call path: the local breaker alone ----------------------------------------------------
@@ -359,14 +329,35 @@ class FleetBreaker:
     ) -> None:
         task_group, self._task_group = self._task_group, None
         self._wake = None
-        if task_group is not None:
-            task_group.cancel_scope.cancel()
+        if task_group is None:
+            return
+        task_group.cancel_scope.cancel()
+        try:
             await task_group.__aexit__(exc_type, exc, tb)
+        finally:
+            # Leave the members now rather than a member_ttl later: bounded by the backend's
+            # timeout, shielded from an outer cancellation; a failure only means we expire instead.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2 * self._backend.timeout):
+                await self.leave()
+
+    async def leave(self) -> bool:
+        """Remove this instance from the live members (``async with`` does it on exit).
+
+        Returns False when Redis is unavailable (the membership then expires after
+        ``member_ttl``). The next poll, if the watcher still runs, joins again.
+        """
+        try:
+            await self._backend.run(
+                self._backend.client.zrem, self._members_key, self._backend.instance
+            )
+        except BackendUnavailable:
+            return False
+        return True
 
     async def sync(self) -> None:
-        """One watcher round now: publish a pending own opening, then poll and apply the quorum
-        rule. The watcher calls it every ``poll_interval`` and on every pub/sub message; Redis
-        failures are absorbed (fallback), never raised."""
+        """One watcher round now: publish a pending own opening, then poll (a heartbeat too) and
+        apply the quorum rule. The watcher calls it every ``poll_interval`` and on every pub/sub
+        message; Redis failures are absorbed (fallback), never raised."""
         try:
             if self._pending or self._republish:
                 await self._publish_latest()
@@ -434,29 +425,32 @@ class FleetBreaker:
             self._published += 1
 
     async def _poll_once(self) -> None:
-        reply = await self._backend.run(self._poll, keys=[self._key], args=[self._window_ms])
+        me = self._backend.instance
+        reply = await self._backend.run(
+            self._poll,
+            keys=[self._key, self._members_key],
+            args=[me, self._window_ms, self._member_ttl_ms],
+        )
         was_shared = self._tracker.shared
         self._tracker.succeeded()
         self._polls += 1
         if not was_shared:
             # Back from an outage: the next round makes sure our latest report is there.
             self._republish = True
-        me = self._backend.instance
-        reporters: list[str] = []
-        newest = -math.inf
-        mine = False
-        for i in range(1, len(reply) - 1, 2):
+        reports: dict[str, float] = {}
+        live: set[str] = set()
+        for i in range(2, len(reply) - 2, 3):
             member = reply[i]
             instance = member.decode() if isinstance(member, bytes) else str(member)
-            if instance == me:
-                mine = True
-                continue
-            reporters.append(instance)
-            newest = max(newest, float(reply[i + 1]))
-        self._last_reporters = len(reporters)
+            reports[instance] = float(reply[i + 1])
+            if int(reply[i + 2]):
+                live.add(instance)
+        count = count_reports(self._quorum, me, reports, live, int(reply[1]))
+        self._members, self._needed = count.members, count.needed
+        self._last_reporters = len(count.reporters)
         opened_at = self._opened_at
         if (
-            not mine
+            me not in reports
             and self._last_score is not None
             and opened_at is not None
             and self._clock() - opened_at < self._window
@@ -466,17 +460,19 @@ class FleetBreaker:
             self._republish = True
         if self._republish and self._wake is not None:
             self._wake.set()
-        if len(reporters) < self._quorum or newest <= self._watermark:
-            return
-        self._watermark = newest
         breaker = self._breaker
-        if breaker.state is not BreakerState.CLOSED or breaker.statistics().disabled:
-            return  # absorbed: the local breaker is already acting on its own evidence
+        closed = (
+            count.reached
+            and breaker.state is BreakerState.CLOSED
+            and not breaker.statistics().disabled
+        )
+        if not self._follower.observe(count, closed):
+            return  # no quorum, nothing new, or absorbed by a local breaker acting on its own
         breaker.trip(FLEET_QUORUM)
         self._quorum_trips += 1
         if self._listeners:
             self._listeners.emit(
                 FleetBreakerFollowed(
-                    self._name, self._clock(), tuple(sorted(reporters)), self._quorum
+                    self._name, self._clock(), count.reporters, count.needed, count.members
                 )
             )

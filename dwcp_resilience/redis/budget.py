@@ -33,6 +33,12 @@ Redis unavailable: ``record`` never touches Redis; flush failures and a failed s
 :class:`~dwcp_resilience.redis.FleetFallback` per outage, and ``fleet_snapshot()`` answers from the
 local budget (``shared=False`` in the snapshot: this instance's view only). The first Redis call
 that works emits :class:`~dwcp_resilience.redis.FleetRestored`, and the kept deltas go out.
+
+Background work (no fire-and-forget task): ``async with budget:`` opens a task group that the
+caller's block owns, with the flusher (every ``flush_interval``) and the snapshot refresher (at
+entry, then every ``snapshot_interval``); leaving the block cancels both and flushes once more.
+The latest snapshot is kept (:attr:`FleetErrorBudget.last_snapshot`, and ``snapshot`` in
+:meth:`FleetErrorBudget.statistics`), so the metrics collector reads it without a Redis call.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from ..core.events import Event, Listeners
 from ..core.validate import check_int, check_name, check_number
 from ..slo.error_budget import ErrorBudget
 from ._backend import BackendUnavailable, FallbackTracker, RedisBackend
-from ._budget_core import BudgetDeltas
+from ._budget_core import BudgetDeltas, FleetBudgetSnapshot, budget_snapshot
 
 __all__ = (
     "FleetBudgetSnapshot",
@@ -100,43 +106,6 @@ return {now, total, failed}
 """
 
 
-# -- snapshots ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FleetBudgetSnapshot:
-    """The budget over the window, for the fleet (``shared``) or, while Redis is down, this instance.
-
-    :ivar name: the budget's name.
-    :ivar shared: True: the fleet's sum from Redis; False: the local budget only (fallback).
-    :ivar slo: the target success ratio.
-    :ivar window: the window in seconds.
-    :ivar total: requests in the window.
-    :ivar failed: failed requests in the window.
-    :ivar availability: the request success ratio ``1 - failed / total`` (1.0 with no requests).
-    :ivar consumed: the part of the error budget spent, in [0, 1].
-    :ivar remaining: ``1 - consumed``.
-    :ivar allowed_failures: failures the window can still take.
-    :ivar burn_rate: ``(failed / total) / (1 - slo)`` (0.0 with no failures, ``inf`` if slo is 1).
-    :ivar exhausted: ``availability < slo`` with at least ``min_requests`` requests.
-    :ivar unflushed: this instance's records not yet confirmed by Redis (not in a shared total).
-    """
-
-    name: str
-    shared: bool
-    slo: float
-    window: float
-    total: int
-    failed: int
-    availability: float
-    consumed: float
-    remaining: float
-    allowed_failures: int
-    burn_rate: float
-    exhausted: bool
-    unflushed: int
-
-
 @dataclass(frozen=True, slots=True)
 class FleetBudgetStatistics:
     """Counters of a :class:`FleetErrorBudget`.
@@ -149,6 +118,9 @@ class FleetBudgetStatistics:
     :ivar inflight_records: records in the batch awaiting confirmation.
     :ivar dropped_records: records discarded before confirmation (too old for the window).
     :ivar fallbacks: times the budget fell back to local state.
+    :ivar snapshots: fleet (shared) snapshots taken, by the refresher or by ``fleet_snapshot()``.
+    :ivar snapshot: the latest snapshot taken (shared, or the local one while Redis was down);
+        ``None`` before the first.
     """
 
     name: str
@@ -159,36 +131,8 @@ class FleetBudgetStatistics:
     inflight_records: int
     dropped_records: int
     fallbacks: int
-
-
-def _snapshot(
-    budget: FleetErrorBudget, total: int, failed: int, shared: bool, unflushed: int
-) -> FleetBudgetSnapshot:
-    slo = budget.slo
-    allowance = 1.0 - slo
-    if failed == 0:
-        consumed, burn = 0.0, 0.0
-    elif allowance <= 0.0:
-        consumed, burn = 1.0, math.inf
-    else:
-        consumed = min(1.0, failed / (total * allowance))
-        burn = failed / total / allowance
-    availability = 1.0 - failed / total if total else 1.0
-    return FleetBudgetSnapshot(
-        name=budget.name,
-        shared=shared,
-        slo=slo,
-        window=budget.window,
-        total=total,
-        failed=failed,
-        availability=availability,
-        consumed=consumed,
-        remaining=1.0 - consumed,
-        allowed_failures=max(0, math.floor(total * allowance + 1e-9) - failed),
-        burn_rate=burn,
-        exhausted=total >= budget.min_requests and availability < slo,
-        unflushed=unflushed,
-    )
+    snapshots: int
+    snapshot: FleetBudgetSnapshot | None
 
 
 # -- the async shell ------------------------------------------------------------------------------
@@ -197,8 +141,9 @@ def _snapshot(
 class FleetErrorBudget:
     """An error budget summed over a fleet: local recording, bucketed counters on Redis.
 
-    Use it as ``async with budget:`` to run the background flusher (it flushes once more on exit),
-    or call :meth:`flush` yourself. See the module docs for keys, dating and delivery.
+    Use it as ``async with budget:`` to run the background flusher (it flushes once more on exit)
+    and snapshot refresher, or call :meth:`flush` and :meth:`fleet_snapshot` yourself. See the
+    module docs for keys, dating and delivery.
 
     Args:
         backend: the Redis connection.
@@ -207,6 +152,8 @@ class FleetErrorBudget:
         window: the window in seconds (finite, > 0).
         bucket: the bucket width in seconds, in [0.001, window] (Redis time has ms resolution).
         flush_interval: seconds between background flushes (finite, > 0).
+        snapshot_interval: seconds between background snapshots (finite, > 0), the first one at
+            entry; ``None``: no background snapshots.
         min_requests: the volume below which the budget is never "exhausted".
         local: the local :class:`~dwcp_resilience.ErrorBudget` to record into as well (default: a
             new one with the same ``slo``, ``window`` and ``min_requests``).
@@ -220,10 +167,10 @@ class FleetErrorBudget:
     """
 
     __slots__ = (
-        "_backend", "_clock", "_deltas", "_flush", "_flush_interval", "_lock", "_own_clock",
-        "_prefix", "_seq_key",
-        "_snapshot", "_task_group", "_tracker", "batches", "duplicates", "local", "min_requests",
-        "name", "slo", "window",
+        "_backend", "_clock", "_deltas", "_flush", "_flush_interval", "_last_snapshot", "_lock",
+        "_own_clock", "_prefix", "_seq_key", "_snapshot", "_snapshot_interval", "_task_group",
+        "_tracker", "batches", "duplicates", "local", "min_requests", "name", "slo", "snapshots",
+        "window",
     )  # fmt: skip
 
     def __init__(
@@ -235,6 +182,7 @@ class FleetErrorBudget:
         window: float = 3600.0,
         bucket: float = 10.0,
         flush_interval: float = 1.0,
+        snapshot_interval: float | None = 5.0,
         min_requests: int = 100,
         local: ErrorBudget | None = None,
         listeners: Iterable[Callable[[Event], None]] = (),
@@ -249,6 +197,11 @@ class FleetErrorBudget:
         width = check_number(bucket, "bucket", min_value=0.001, max_value=self.window)
         self._flush_interval = check_number(
             flush_interval, "flush_interval", min_value=0.0, allow_zero=False
+        )
+        self._snapshot_interval = (
+            None
+            if snapshot_interval is None
+            else check_number(snapshot_interval, "snapshot_interval", min_value=0, allow_zero=False)
         )
         self.min_requests = check_int(min_requests, "min_requests", min_value=0)
         if clock is not None and not callable(clock):
@@ -276,6 +229,9 @@ class FleetErrorBudget:
         self._task_group: TaskGroup | None = None
         #: batches Redis confirmed; of which Redis had already applied (lost replies).
         self.batches = self.duplicates = 0
+        #: fleet (shared) snapshots taken.
+        self.snapshots = 0
+        self._last_snapshot: FleetBudgetSnapshot | None = None
 
     # -- recording (sync, no Redis) ----------------------------------------------------------------
 
@@ -337,7 +293,7 @@ class FleetErrorBudget:
         """The fleet's budget over the window (one round trip), or the local one if Redis is down.
 
         This instance's unflushed records are not in a shared total (``unflushed`` says how many;
-        ``await flush()`` first for an exact figure).
+        ``await flush()`` first for an exact figure). The result is kept as :attr:`last_snapshot`.
         """
         deltas = self._deltas
         unflushed = deltas.pending_records + deltas.inflight_records
@@ -349,9 +305,26 @@ class FleetErrorBudget:
         except BackendUnavailable as exc:
             self._tracker.failed(exc)
             local_total, local_failed = self.local.counts()
-            return _snapshot(self, local_total, local_failed, False, unflushed)
-        self._tracker.succeeded()
-        return _snapshot(self, int(total), int(failed), True, unflushed)
+            snapshot = self._snapshot_of(local_total, local_failed, False, unflushed)
+        else:
+            self._tracker.succeeded()
+            snapshot = self._snapshot_of(int(total), int(failed), True, unflushed)
+            self.snapshots += 1
+        self._last_snapshot = snapshot
+        return snapshot
+
+    def _snapshot_of(
+        self, total: int, failed: int, shared: bool, unflushed: int
+    ) -> FleetBudgetSnapshot:
+        return budget_snapshot(
+            self.name, slo=self.slo, window=self.window, min_requests=self.min_requests,
+            total=total, failed=failed, shared=shared, unflushed=unflushed,
+        )  # fmt: skip
+
+    @property
+    def last_snapshot(self) -> FleetBudgetSnapshot | None:
+        """The latest :meth:`fleet_snapshot` result (no Redis call); ``None`` before the first."""
+        return self._last_snapshot
 
     def statistics(self) -> FleetBudgetStatistics:
         """A frozen snapshot of the counters."""
@@ -365,6 +338,8 @@ class FleetErrorBudget:
             inflight_records=deltas.inflight_records,
             dropped_records=deltas.dropped_records,
             fallbacks=self._tracker.fallbacks,
+            snapshots=self.snapshots,
+            snapshot=self._last_snapshot,
         )
 
     # -- the flusher -------------------------------------------------------------------------------
@@ -376,6 +351,10 @@ class FleetErrorBudget:
         await task_group.__aenter__()
         self._task_group = task_group
         task_group.start_soon(self._run_flusher, name=f"fleet-budget:{self.name}:flush")
+        if self._snapshot_interval is not None:
+            task_group.start_soon(
+                self._run_snapshots, self._snapshot_interval, name=f"fleet-budget:{self.name}:snap"
+            )
         return self
 
     async def __aexit__(
@@ -400,6 +379,14 @@ class FleetErrorBudget:
                 await self.flush()
             except Exception:  # a bug (script error, ...): log it, keep the deltas, go on
                 _log.exception("fleet budget %r: flush failed", self.name)
+
+    async def _run_snapshots(self, interval: float) -> None:
+        while True:
+            try:
+                await self.fleet_snapshot()  # Redis down: the local snapshot, one fallback event
+            except Exception:  # a bug (script error, ...): log it, try again next time
+                _log.exception("fleet budget %r: snapshot failed", self.name)
+            await anyio.sleep(interval)
 
     def __repr__(self) -> str:
         deltas = self._deltas
