@@ -68,6 +68,7 @@ DECLARED_INTERFACES: dict[str, str] = {
     ),
     "dwcp_resilience.redis._gcra": "the GCRA Lua script of the Redis rate limiter",
     "dwcp_resilience.redis._budget_core": "the fleet error budget's pure bookkeeping",
+    "dwcp_resilience.redis._budget_lua": "the fleet error budget's Lua scripts (flush, snapshot)",
     "dwcp_resilience.slo._window": "the error budget's pure bucketed sliding windows",
     "dwcp_resilience.dwcp._service": (
         "BackgroundService and accept_forever, shared by the DWCP peer and the chaos proxy"

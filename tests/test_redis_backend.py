@@ -7,7 +7,18 @@ from typing import Any
 
 import anyio
 import pytest
-from redis.exceptions import ResponseError
+import redis.asyncio as redis_asyncio
+from conftest import FleetRedis
+from redis.crc import key_slot
+from redis.exceptions import (
+    ClusterDownError,
+    ClusterError,
+    MasterDownError,
+    ReadOnlyError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 from dwcp_resilience import BreakerState, CircuitBreaker, Event
 from dwcp_resilience.redis import (
@@ -24,17 +35,33 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 
 async def test_run_reaches_redis_and_keys_are_namespaced(
-    anyio_backend: Any, redis_url: str
+    anyio_backend: Any, fleet_redis: FleetRedis
 ) -> None:
-    async with RedisBackend(redis_url, namespace="fleet-a", instance="node-1") as backend:
+    async with fleet_redis.backend(namespace="fleet-a", instance="node-1") as backend:
+        assert backend.cluster is fleet_redis.cluster
         assert await backend.ping()
         key = backend.key("limiter", "api", "tat")
-        assert key == "fleet-a:limiter:api:tat"
+        assert key == "{fleet-a:limiter:api}:tat"
+        assert backend.key("limiter", "api") == "{fleet-a:limiter:api}"
         await backend.run(backend.client.set, key, b"1", px=5_000)
         assert await backend.run(backend.client.get, key) == b"1"
         assert 0 < await backend.client.pttl(key) <= 5_000
         assert backend.instance == "node-1"
         assert "fleet-a" in repr(backend) and "closed" in repr(backend)
+
+
+def test_keys_of_one_primitive_share_a_slot() -> None:
+    """The hash tag: every key of one kind and name in one slot, whatever the parts (a name with
+    braces included); other names spread over the slots."""
+    backend = RedisBackend("redis://127.0.0.1:1/0", namespace="shop")
+    for name in ("api", "a}b", "{x}", "payments:eu"):
+        slots = {key_slot(backend.key("budget", name, *parts).encode()) for parts in PARTS}
+        assert len(slots) == 1, name
+    spread = {key_slot(backend.key("limiter", f"name-{i}").encode()) for i in range(100)}
+    assert len(spread) > 90
+
+
+PARTS: list[tuple[str, ...]] = [(), ("buckets",), ("seq", "host:1:ab", "cd"), ("opened",)]
 
 
 async def test_default_instance_is_unique_per_backend(anyio_backend: Any, redis_url: str) -> None:
@@ -44,9 +71,9 @@ async def test_default_instance_is_unique_per_backend(anyio_backend: Any, redis_
 
 
 async def test_script_errors_propagate_and_do_not_trip_the_guard(
-    anyio_backend: Any, redis_url: str
+    anyio_backend: Any, fleet_redis: FleetRedis
 ) -> None:
-    async with RedisBackend(redis_url) as backend:
+    async with fleet_redis.backend() as backend:
         broken = backend.register_script("return redis.call('NOSUCHCOMMAND')")
         for _ in range(5):
             with pytest.raises(ResponseError):
@@ -93,11 +120,44 @@ async def test_dead_redis_is_unavailable_then_fails_fast_then_recovers(anyio_bac
         ({"timeout": float("nan")}, ValueError),
         ({"timeout": float("inf")}, ValueError),
         ({"timeout": "1"}, TypeError),
+        ({"namespace": "a{b"}, ValueError),
+        ({"namespace": "a}b"}, ValueError),
+        ({"cluster": 1}, TypeError),
+        ({"client": "redis://127.0.0.1:1/0"}, TypeError),
+        ({"client": redis_asyncio.Redis(), "cluster": True}, ValueError),
     ],
 )
 def test_bad_config_is_refused(kwargs: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
         RedisBackend("redis://127.0.0.1:1/0", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ClusterDownError("CLUSTERDOWN The cluster is down"),
+        MasterDownError("MASTERDOWN Link with MASTER is down"),
+        ClusterError("TTL exhausted."),
+        TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
+        SlotNotCoveredError('Slot "42" is not covered by the cluster.'),
+        ReadOnlyError("READONLY You can't write against a read only replica."),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+async def test_a_failing_over_deployment_is_unavailable_not_a_bug(
+    anyio_backend: Any, error: Exception
+) -> None:
+    """What a cluster or a replica says during a failover or a resharding is an outage: the call
+    falls back (BackendUnavailable) and counts in the guard; a script error stays a bug."""
+    backend = RedisBackend("redis://127.0.0.1:1/0")
+
+    async def failing() -> None:
+        raise error
+
+    with pytest.raises(BackendUnavailable) as caught:
+        await backend.run(failing)
+    assert caught.value.__cause__ is error
+    assert backend.breaker.statistics().failures == 1
 
 
 def test_fallback_tracker_emits_one_event_per_change() -> None:

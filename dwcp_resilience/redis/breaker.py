@@ -7,11 +7,11 @@ poison the fleet (Polly #287).
 
 Keys and scripts (``<ns>`` is the backend's namespace, ``<name>`` the fleet breaker's name):
 
-- ``<ns>:breaker:<name>:opened``, a sorted set: member = instance id, score = the Redis server time
+- ``{<ns>:breaker:<name>}:opened``, a sorted set: member = instance id, score = the Redis server time
   (ms, from ``TIME`` inside the script) of that instance's latest opening. One member per
   instance, so the key never grows beyond the fleet's size; the publish script also drops entries
   older than ``window`` and sets a TTL of ``window`` (the key vanishes when nobody reported).
-- ``<ns>:breaker:<name>:events``, a pub/sub channel: the publish script announces every report on
+- ``{<ns>:breaker:<name>}:events``, a pub/sub channel: the publish script announces every report on
   it so followers react at once. Messages can be lost (Redis blips, reconnects), so followers also
   poll every ``poll_interval``.
 
