@@ -13,7 +13,9 @@ Keys and scripts (``<ns>`` is the backend's namespace, ``<name>`` the fleet brea
   older than ``window`` and sets a TTL of ``window`` (the key vanishes when nobody reported).
 - ``{<ns>:breaker:<name>}:events``, a pub/sub channel: the publish script announces every report on
   it so followers react at once. Messages can be lost (Redis blips, reconnects), so followers also
-  poll every ``poll_interval``.
+  poll every ``poll_interval``. In a Redis Cluster the ``PUBLISH`` reaches subscribers on every
+  node; the asyncio cluster client subscribes from redis-py 8 on (with an older one, followers
+  learn by polling only).
 
 Publishing: when the local breaker opens by itself (CLOSED or HALF_OPEN -> OPEN, not manual, and not
 a fleet-caused trip), the watcher publishes a report with one script (``ZADD GT`` + cleanup +
@@ -348,7 +350,10 @@ class FleetBreaker:
         await task_group.__aenter__()
         self._task_group = task_group
         task_group.start_soon(self._watch, name=f"fleet-breaker:{self._name}:watch")
-        task_group.start_soon(self._listen, name=f"fleet-breaker:{self._name}:listen")
+        if hasattr(
+            self._backend.client, "pubsub"
+        ):  # an asyncio RedisCluster has it from redis-py 8
+            task_group.start_soon(self._listen, name=f"fleet-breaker:{self._name}:listen")
         return self
 
     async def __aexit__(
