@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -9,6 +10,7 @@ import anyio
 import pytest
 import redis.asyncio as redis_asyncio
 from conftest import FleetRedis
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import (
     ClusterDownError,
@@ -28,7 +30,8 @@ from dwcp_resilience.redis import (
     FleetRestored,
     RedisBackend,
 )
-from dwcp_resilience.redis.server import RedisServer
+from dwcp_resilience.redis.replicated import RedisClusterServer
+from dwcp_resilience.redis.server import RedisServer, free_port
 from dwcp_resilience.testing import FakeClock, RecordingListener
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -199,3 +202,53 @@ async def test_a_cancelled_call_is_neutral_and_the_backend_stays_usable(
         assert await backend.ping()
         await backend.run(backend.client.rpush, "list", b"x")
         assert await backend.run(backend.client.lpop, "list") == b"x"
+
+
+# -- Redis Cluster -----------------------------------------------------------------------------
+
+
+async def test_a_cluster_client_passed_in_is_used_and_not_closed(
+    anyio_backend: Any, redis_cluster: RedisClusterServer
+) -> None:
+    client = RedisCluster.from_url(redis_cluster.url)
+    try:
+        async with RedisBackend(client=client, namespace="given") as backend:
+            assert backend.cluster and backend.client is client
+            key = backend.key("limiter", "api")
+            await backend.run(client.set, key, b"1", px=5_000)
+            assert await client.get(key) == b"1"
+        assert await client.get(key) == b"1"  # still open: the caller owns it
+    finally:
+        await client.aclose()
+
+
+async def test_connect_learns_the_slots_or_gives_up_quietly(
+    anyio_backend: Any, redis_cluster: RedisClusterServer
+) -> None:
+    async with RedisBackend(redis_cluster.url, cluster=True) as backend:
+        assert await backend.connect()  # async with did it; again, it asks a node for the slots
+        assert await backend.run(backend.client.ping)
+    nobody = RedisBackend(f"redis://127.0.0.1:{free_port()}", cluster=True, timeout=0.1)
+    started = time.monotonic()
+    assert not await nobody.connect()  # refused: no exception, the first calls fall back
+    assert time.monotonic() - started < 5.0  # sanity bound (at most max(1 s, 4 * timeout))
+    with pytest.raises(BackendUnavailable):
+        await nobody.run(nobody.client.ping)
+    await nobody.aclose()
+    assert await RedisBackend("redis://127.0.0.1:1/0").connect()  # one server: nothing to learn
+
+
+async def test_cancelling_connect_propagates(anyio_backend: Any) -> None:
+    """A node that accepts and never answers: connect() waits, and a cancellation ends it at once
+    (the cancellation is not swallowed as a failed connect)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        backend = RedisBackend(f"redis://127.0.0.1:{port}", cluster=True, timeout=5.0)
+        started = time.monotonic()
+        with anyio.move_on_after(0.1) as scope:
+            await backend.connect()
+        assert scope.cancelled_caught
+        assert time.monotonic() - started < 2.0  # not the socket timeout (5 s)
+        await backend.aclose()

@@ -68,9 +68,9 @@ T = TypeVar("T")
 
 #: Redis Cluster's "not now": ``CLUSTERDOWN``/``MASTERDOWN`` and a redirect loop that ran out of
 #: hops (``ClusterError``), ``TRYAGAIN`` during a resharding, a slot no node serves, and no node
-#: reachable at all (redis-py >= 7 raises ``RedisClusterUnreachableError`` for it, older releases a
-#: plain ``RedisClusterException``, which also means misuse and so stays a bug here); ``READONLY``:
-#: a server that became a replica refuses writes.
+#: reachable at all (redis-py 8.2 raises ``RedisClusterUnreachableError`` for it; 5.0 a plain
+#: ``RedisClusterException``, which also means misuse and so stays a bug here); ``READONLY``: a
+#: server that became a replica refuses writes.
 _FAILING_OVER: tuple[type[Exception], ...] = (
     ClusterError,
     TryAgainError,
