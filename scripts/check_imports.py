@@ -73,6 +73,7 @@ DECLARED_INTERFACES: dict[str, str] = {
     ),
     "dwcp_resilience.redis._breaker_lua": "the fleet breaker's Redis layout and Lua scripts",
     "dwcp_resilience.redis._breaker_types": "the fleet breaker's event and statistics records",
+    "dwcp_resilience.redis._budget_lua": "the fleet error budget's Lua scripts (flush, snapshot)",
     "dwcp_resilience.slo._window": "the error budget's pure bucketed sliding windows",
     "dwcp_resilience.dwcp._service": (
         "BackgroundService and accept_forever, shared by the DWCP peer and the chaos proxy"

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Install the system packages the test suite needs, when they are missing:
-#   redis-server  (the Redis backend's tests start a real server on loopback)
+#   redis-server  (the Redis backend's tests start a real server, a Redis Cluster and a Sentinel
+#                 on loopback: `redis-server --sentinel` is the Sentinel)
+#   redis-tools   (redis-cli: `redis-cli --cluster create` joins the cluster; a dependency of
+#                 redis-server, checked in case it was removed)
 #   prometheus    (promtool checks and unit-tests the shipped alert rules)
 # Needs root for apt-get; without root it only says what is missing.
 set -euo pipefail
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -30,16 +30,22 @@ if os.environ.get("DWCP_SIMULATE_PY314"):
     if hasattr(_asyncio, "_current_tasks"):
         del _asyncio._current_tasks
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import looptime
 import pytest
+import redis
 import trio.testing
 import uvloop
 
 if TYPE_CHECKING:
+    from dwcp_resilience.redis import RedisBackend
+    from dwcp_resilience.redis.replicated import RedisClusterServer
     from dwcp_resilience.redis.server import RedisServer
+
+_REDIS_PY_MAJOR = int(redis.__version__.split(".")[0])
 
 BACKENDS = [
     pytest.param(("asyncio", {"loop_factory": looptime.new_event_loop}), id="asyncio"),
@@ -86,6 +92,42 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "real_time: real sockets, threads or processes (every backend, real time)"
     )
+    if _REDIS_PY_MAJOR < 8:
+        # redis-py < 8's asyncio RedisCluster drops the node objects (and their sockets) of an
+        # old slot map without closing them when it refreshes it (after MOVED, a failover): the
+        # lowest-versions session sees ResourceWarnings raised from its __del__ at random points.
+        # The locked redis-py (the gate) keeps every warning an error.
+        for message in ("<function ClusterNode.__del__", "<socket.socket fd=-1"):
+            config.addinivalue_line(
+                "filterwarnings",
+                f"ignore:Exception ignored in. {message}:pytest.PytestUnraisableExceptionWarning",
+            )
+    config.addinivalue_line(
+        "markers",
+        "cluster_on_asyncio: its Redis Cluster or Sentinel runs use the asyncio loop only (not "
+        "collected on uvloop: the same redis-py client code, and long real-time tests)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the uvloop runs of the ``cluster_on_asyncio`` tests that use a cluster or
+    Sentinel: every ``fleet_redis="cluster"`` run, or every run when there is no such parameter.
+    They are not skipped (CI runs everything it collects): the asyncio runs cover them."""
+    kept, left_out = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        on_uvloop = "uvloop" in getattr(getattr(item, "callspec", None), "id", "")
+        if (
+            on_uvloop
+            and item.get_closest_marker("cluster_on_asyncio") is not None
+            and params.get("fleet_redis", "cluster") == "cluster"
+        ):
+            left_out.append(item)
+        else:
+            kept.append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")
@@ -119,6 +161,84 @@ def redis_url(redis_server: RedisServer) -> str:
     with redis.Redis.from_url(redis_server.url) as client:
         client.flushall()
     return redis_server.url
+
+
+def _need_redis_tools() -> None:
+    """redis-server and redis-cli (Debian packages redis-server, redis-tools): skipped locally
+    without them, failed in CI (scripts/install-sysdeps.sh installs them)."""
+    missing = [tool for tool in ("redis-server", "redis-cli") if shutil.which(tool) is None]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{', '.join(missing)} missing (scripts/install-sysdeps.sh installs them)")
+        pytest.skip(
+            f"{', '.join(missing)} not installed (Debian packages redis-server, redis-tools)"
+        )
+
+
+#: ``cluster-node-timeout`` of the session's cluster (ms): a killed primary's replica takes over
+#: after about twice that; short, so the failover tests stay short.
+CLUSTER_NODE_TIMEOUT = 500
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """One real Redis Cluster, 3 primaries and 3 replicas on free loopback ports, for the session.
+
+    Tests that kill a node or move a slot put the cluster back in shape before they end (the killed
+    node revived, the cluster healthy); slots may end up on other primaries than they started on.
+    """
+    _need_redis_tools()
+    from dwcp_resilience.redis.replicated import RedisClusterServer
+
+    with RedisClusterServer(3, 1, node_timeout=CLUSTER_NODE_TIMEOUT) as cluster:
+        yield cluster
+
+
+@dataclass(frozen=True)
+class FleetRedis:
+    """Where a parametrized fleet test keeps its shared state: one server or a cluster."""
+
+    kind: str  # "server" or "cluster"
+    url: str
+
+    @property
+    def cluster(self) -> bool:
+        return self.kind == "cluster"
+
+    def backend(self, **kwargs: Any) -> RedisBackend:
+        """A ``RedisBackend`` on this deployment (``kwargs`` as ``RedisBackend`` takes them; the
+        per-call timeout is 2 s unless given, so a loaded machine does not make calls fall back)."""
+        from dwcp_resilience.redis import RedisBackend
+
+        kwargs.setdefault("timeout", 2.0)
+        return RedisBackend(self.url, cluster=self.cluster, **kwargs)
+
+    def sync_client(self) -> Any:
+        """A synchronous client for looking at the keys (``KEYS`` asks every primary)."""
+        import redis
+
+        if self.cluster:
+            return redis.RedisCluster.from_url(self.url)
+        return redis.Redis.from_url(self.url)
+
+    def argv(self) -> list[str]:
+        """The URL and the kind, for a child process: ``RedisBackend(url, cluster=kind == ...)``."""
+        return [self.url, self.kind]
+
+
+@pytest.fixture(params=["server", "cluster"])
+def fleet_redis(request: pytest.FixtureRequest) -> FleetRedis:
+    """The session's redis-server or Redis Cluster, emptied for this test."""
+    if request.param == "server":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.start()
+        fleet = FleetRedis("server", server.url)
+    else:
+        cluster: RedisClusterServer = request.getfixturevalue("redis_cluster")
+        fleet = FleetRedis("cluster", cluster.url)
+    with fleet.sync_client() as client:
+        client.flushall()
+    return fleet
 
 
 class LaneFallbacks:

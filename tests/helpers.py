@@ -6,6 +6,9 @@ default ``prepend`` import mode), as for ``from conftest import LaneFallbacks``.
 - Prometheus exposition text: :data:`Samples`, :func:`parse`, :func:`value`, :func:`names`.
 - DWCP frames: :data:`ID` and :func:`header` (a raw frame header, for malformed input).
 - :func:`wait_until`: poll a predicate on the running backend (at most 2 s).
+- :func:`check_rate_bound`: a rate limiter's bound over every window of an admission log.
+- :func:`redis_keys`: the keys matching a pattern and their TTLs, on one server or every primary
+  of a Redis Cluster.
 - :func:`real_time_backends`: an ``anyio_backend`` fixture for a module that runs in real time on
   some backends only (the main fixture in ``conftest.py`` runs every backend; its ``real_time``
   marker puts all three in real time).
@@ -27,12 +30,14 @@ from dwcp_resilience.dwcp.protocol import MAGIC, VERSION
 
 __all__ = (
     "ID",
+    "check_rate_bound",
     "REAL_TIME_BACKENDS",
     "Samples",
     "header",
     "names",
     "parse",
     "real_time_backends",
+    "redis_keys",
     "value",
     "wait_until",
 )
@@ -131,3 +136,21 @@ def real_time_backends(*backends: str) -> Callable[..., tuple[str, dict[str, Any
         return name, dict(options)
 
     return each_backend
+
+
+# -- Redis -----------------------------------------------------------------------------------------
+
+
+async def redis_keys(client: Any, pattern: str = "*") -> dict[str, int]:
+    """Every key matching ``pattern`` with its TTL in ms, through a ``redis.asyncio`` ``Redis`` or
+    ``RedisCluster`` (``SCAN``, which a cluster client runs on every primary)."""
+    return {key.decode(): await client.pttl(key) async for key in client.scan_iter(match=pattern)}
+
+
+def check_rate_bound(times: list[int], burst: int, interval: float) -> None:
+    """For every window [t_i, t_j] of the sorted log: count <= burst + (t_j - t_i) / interval,
+    exactly (times and ``interval``, the time per token, in one unit)."""
+    for i in range(len(times)):
+        for j in range(i + burst, len(times)):
+            count = j - i + 1
+            assert (count - burst) * interval <= times[j] - times[i], (i, j, times[i], times[j])

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
 import anyio
 import pytest
-from redis.exceptions import ResponseError
+import redis.asyncio as redis_asyncio
+from conftest import FleetRedis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import (
+    ClusterDownError,
+    ClusterError,
+    MasterDownError,
+    ReadOnlyError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 from dwcp_resilience import BreakerState, CircuitBreaker, Event
 from dwcp_resilience.redis import (
@@ -17,24 +30,41 @@ from dwcp_resilience.redis import (
     FleetRestored,
     RedisBackend,
 )
-from dwcp_resilience.redis.server import RedisServer
+from dwcp_resilience.redis.replicated import RedisClusterServer
+from dwcp_resilience.redis.server import RedisServer, free_port
 from dwcp_resilience.testing import FakeClock, RecordingListener
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 
 async def test_run_reaches_redis_and_keys_are_namespaced(
-    anyio_backend: Any, redis_url: str
+    anyio_backend: Any, fleet_redis: FleetRedis
 ) -> None:
-    async with RedisBackend(redis_url, namespace="fleet-a", instance="node-1") as backend:
+    async with fleet_redis.backend(namespace="fleet-a", instance="node-1") as backend:
+        assert backend.cluster is fleet_redis.cluster
         assert await backend.ping()
         key = backend.key("limiter", "api", "tat")
-        assert key == "fleet-a:limiter:api:tat"
+        assert key == "{fleet-a:limiter:api}:tat"
+        assert backend.key("limiter", "api") == "{fleet-a:limiter:api}"
         await backend.run(backend.client.set, key, b"1", px=5_000)
         assert await backend.run(backend.client.get, key) == b"1"
         assert 0 < await backend.client.pttl(key) <= 5_000
         assert backend.instance == "node-1"
         assert "fleet-a" in repr(backend) and "closed" in repr(backend)
+
+
+def test_keys_of_one_primitive_share_a_slot() -> None:
+    """The hash tag: every key of one kind and name in one slot, whatever the parts (a name with
+    braces included); other names spread over the slots."""
+    backend = RedisBackend("redis://127.0.0.1:1/0", namespace="shop")
+    for name in ("api", "a}b", "{x}", "payments:eu"):
+        slots = {key_slot(backend.key("budget", name, *parts).encode()) for parts in PARTS}
+        assert len(slots) == 1, name
+    spread = {key_slot(backend.key("limiter", f"name-{i}").encode()) for i in range(100)}
+    assert len(spread) > 90
+
+
+PARTS: list[tuple[str, ...]] = [(), ("buckets",), ("seq", "host:1:ab", "cd"), ("opened",)]
 
 
 async def test_default_instance_is_unique_per_backend(anyio_backend: Any, redis_url: str) -> None:
@@ -44,9 +74,9 @@ async def test_default_instance_is_unique_per_backend(anyio_backend: Any, redis_
 
 
 async def test_script_errors_propagate_and_do_not_trip_the_guard(
-    anyio_backend: Any, redis_url: str
+    anyio_backend: Any, fleet_redis: FleetRedis
 ) -> None:
-    async with RedisBackend(redis_url) as backend:
+    async with fleet_redis.backend() as backend:
         broken = backend.register_script("return redis.call('NOSUCHCOMMAND')")
         for _ in range(5):
             with pytest.raises(ResponseError):
@@ -93,11 +123,44 @@ async def test_dead_redis_is_unavailable_then_fails_fast_then_recovers(anyio_bac
         ({"timeout": float("nan")}, ValueError),
         ({"timeout": float("inf")}, ValueError),
         ({"timeout": "1"}, TypeError),
+        ({"namespace": "a{b"}, ValueError),
+        ({"namespace": "a}b"}, ValueError),
+        ({"cluster": 1}, TypeError),
+        ({"client": "redis://127.0.0.1:1/0"}, TypeError),
+        ({"client": redis_asyncio.Redis(), "cluster": True}, ValueError),
     ],
 )
 def test_bad_config_is_refused(kwargs: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
         RedisBackend("redis://127.0.0.1:1/0", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ClusterDownError("CLUSTERDOWN The cluster is down"),
+        MasterDownError("MASTERDOWN Link with MASTER is down"),
+        ClusterError("TTL exhausted."),
+        TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
+        SlotNotCoveredError('Slot "42" is not covered by the cluster.'),
+        ReadOnlyError("READONLY You can't write against a read only replica."),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+async def test_a_failing_over_deployment_is_unavailable_not_a_bug(
+    anyio_backend: Any, error: Exception
+) -> None:
+    """What a cluster or a replica says during a failover or a resharding is an outage: the call
+    falls back (BackendUnavailable) and counts in the guard; a script error stays a bug."""
+    backend = RedisBackend("redis://127.0.0.1:1/0")
+
+    async def failing() -> None:
+        raise error
+
+    with pytest.raises(BackendUnavailable) as caught:
+        await backend.run(failing)
+    assert caught.value.__cause__ is error
+    assert backend.breaker.statistics().failures == 1
 
 
 def test_fallback_tracker_emits_one_event_per_change() -> None:
@@ -139,3 +202,53 @@ async def test_a_cancelled_call_is_neutral_and_the_backend_stays_usable(
         assert await backend.ping()
         await backend.run(backend.client.rpush, "list", b"x")
         assert await backend.run(backend.client.lpop, "list") == b"x"
+
+
+# -- Redis Cluster -----------------------------------------------------------------------------
+
+
+async def test_a_cluster_client_passed_in_is_used_and_not_closed(
+    anyio_backend: Any, redis_cluster: RedisClusterServer
+) -> None:
+    client = RedisCluster.from_url(redis_cluster.url)
+    try:
+        async with RedisBackend(client=client, namespace="given") as backend:
+            assert backend.cluster and backend.client is client
+            key = backend.key("limiter", "api")
+            await backend.run(client.set, key, b"1", px=5_000)
+            assert await client.get(key) == b"1"
+        assert await client.get(key) == b"1"  # still open: the caller owns it
+    finally:
+        await client.aclose()
+
+
+async def test_connect_learns_the_slots_or_gives_up_quietly(
+    anyio_backend: Any, redis_cluster: RedisClusterServer
+) -> None:
+    async with RedisBackend(redis_cluster.url, cluster=True) as backend:
+        assert await backend.connect()  # async with did it; again, it asks a node for the slots
+        assert await backend.run(backend.client.ping)
+    nobody = RedisBackend(f"redis://127.0.0.1:{free_port()}", cluster=True, timeout=0.1)
+    started = time.monotonic()
+    assert not await nobody.connect()  # refused: no exception, the first calls fall back
+    assert time.monotonic() - started < 5.0  # sanity bound (at most max(1 s, 4 * timeout))
+    with pytest.raises(BackendUnavailable):
+        await nobody.run(nobody.client.ping)
+    await nobody.aclose()
+    assert await RedisBackend("redis://127.0.0.1:1/0").connect()  # one server: nothing to learn
+
+
+async def test_cancelling_connect_propagates(anyio_backend: Any) -> None:
+    """A node that accepts and never answers: connect() waits, and a cancellation ends it at once
+    (the cancellation is not swallowed as a failed connect)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        backend = RedisBackend(f"redis://127.0.0.1:{port}", cluster=True, timeout=5.0)
+        started = time.monotonic()
+        with anyio.move_on_after(0.1) as scope:
+            await backend.connect()
+        assert scope.cancelled_caught
+        assert time.monotonic() - started < 2.0  # not the socket timeout (5 s)
+        await backend.aclose()

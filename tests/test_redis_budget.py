@@ -12,7 +12,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import anyio
 import pytest
-import redis.asyncio as redis_asyncio
+from conftest import FleetRedis
+from helpers import redis_keys
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -37,15 +38,18 @@ T = TypeVar("T")
 
 @asynccontextmanager
 async def _budgets(
-    url: str, count: int, *, run: bool = False, **kwargs: Any
+    target: str | FleetRedis, count: int, *, run: bool = False, **kwargs: Any
 ) -> AsyncIterator[list[FleetErrorBudget]]:
+    """``count`` budgets named ``api``, each on its own backend (a redis-server URL, or a
+    parametrized server or cluster)."""
     options: dict[str, Any] = {"slo": 0.9, "window": 60.0, "bucket": 1.0, "min_requests": 10}
     options.update(kwargs)
+    fleet = target if isinstance(target, FleetRedis) else FleetRedis("server", target)
     async with AsyncExitStack() as stack:
         budgets = []
         for i in range(count):
             backend = await stack.enter_async_context(
-                RedisBackend(url, instance=f"node-{i}", timeout=2.0)
+                fleet.backend(instance=f"node-{i}", timeout=2.0)
             )
             budget = FleetErrorBudget(backend, "api", **options)
             if run:
@@ -61,16 +65,10 @@ def _record(budget: FleetErrorBudget, ok: int, failed: int) -> None:
         budget.record(False)
 
 
-async def _keys(url: str, pattern: str) -> dict[str, int]:
-    async with redis_asyncio.Redis.from_url(url) as client:
-        found: Any = await client.keys(pattern)
-        return {key.decode(): await client.pttl(key) for key in found}
-
-
 async def test_the_fleet_snapshot_is_the_sum_of_every_instance(
-    anyio_backend: Any, redis_url: str
+    anyio_backend: Any, fleet_redis: FleetRedis
 ) -> None:
-    async with _budgets(redis_url, 4) as budgets:
+    async with _budgets(fleet_redis, 4) as budgets:
         for i, budget in enumerate(budgets):
             _record(budget, ok=10 * (i + 1), failed=i)  # 100 ok, 6 failed in all
         for budget in budgets:
@@ -88,12 +86,14 @@ async def test_the_fleet_snapshot_is_the_sum_of_every_instance(
             assert not snap.exhausted
         local = budgets[3].local.counts()
         assert local == (43, 3)  # the local budget saw this instance only
-        keys = await _keys(redis_url, "dwcp:budget:api:*")
-        buckets = {k: ttl for k, ttl in keys.items() if ":seq:" not in k}
-        assert 1 <= len(buckets) <= 2  # everything happened within a second or two
-        assert all(0 < ttl <= 61_000 for ttl in buckets.values())  # window + bucket
-        seqs = {k: ttl for k, ttl in keys.items() if ":seq:" in k}
-        assert len(seqs) == 4 and all(0 < ttl <= 122_000 for ttl in seqs.values())
+        client = budgets[0]._backend.client
+        keys = await redis_keys(client, "{dwcp:budget:api}:*")
+        assert 0 < keys.pop("{dwcp:budget:api}:buckets") <= 61_000  # window + bucket
+        buckets = await client.hgetall("{dwcp:budget:api}:buckets")
+        starts = {field[2:] for field in buckets if field != b"lo"}
+        assert 1 <= len(starts) <= 2  # everything happened within a second or two
+        assert all(k.startswith("{dwcp:budget:api}:seq:node-") for k in keys)
+        assert len(keys) == 4 and all(0 < ttl <= 122_000 for ttl in keys.values())
         assert await budgets[0].flush()  # nothing pending: no round trip needed, still True
         assert budgets[0].statistics().batches == 1
         _record(budgets[0], ok=0, failed=20)
@@ -106,8 +106,8 @@ async def test_the_fleet_snapshot_is_the_sum_of_every_instance(
         assert "api" in repr(budgets[0]) and "shared" in repr(budgets[0])
 
 
-async def test_buckets_leave_the_window(anyio_backend: Any, redis_url: str) -> None:
-    async with _budgets(redis_url, 2, window=0.6, bucket=0.2) as (one, two):
+async def test_buckets_leave_the_window(anyio_backend: Any, fleet_redis: FleetRedis) -> None:
+    async with _budgets(fleet_redis, 2, window=0.6, bucket=0.2) as (one, two):
         _record(one, ok=5, failed=1)
         _record(two, ok=2, failed=0)
         await one.flush()
@@ -117,8 +117,29 @@ async def test_buckets_leave_the_window(anyio_backend: Any, redis_url: str) -> N
         await anyio.sleep(0.9)
         snap = await one.fleet_snapshot()
         assert (snap.total, snap.failed) == (0, 0) and snap.availability == 1.0
-        buckets = [k for k in await _keys(redis_url, "dwcp:budget:api:*") if ":seq:" not in k]
-        assert buckets == []  # TTL window + bucket: expired by now
+        keys = await redis_keys(one._backend.client, "{dwcp:budget:api}:*")
+        assert "{dwcp:budget:api}:buckets" not in keys  # TTL window + bucket: expired by now
+
+
+async def test_flushes_delete_the_buckets_that_left_the_window(
+    anyio_backend: Any, redis_url: str
+) -> None:
+    """A budget flushed for longer than its window keeps only the buckets a snapshot can read:
+    the hash does not grow with time."""
+    async with _budgets(redis_url, 1, window=0.4, bucket=0.1) as (budget,):
+        client = budget._backend.client
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:
+            _record(budget, ok=2, failed=1)
+            assert await budget.flush()
+            await anyio.sleep(0.03)
+        fields = await client.hgetall("{dwcp:budget:api}:buckets")
+        oldest = int(fields.pop(b"lo"))
+        starts = {int(field[2:]) for field in fields}
+        assert len(starts) <= 4  # the window's 4 buckets (every older one was deleted)
+        assert min(starts) >= oldest and max(starts) - oldest <= 300
+        snap = await budget.fleet_snapshot()  # a moment later: the oldest bucket may have left
+        assert 0 < snap.total <= sum(int(v) for k, v in fields.items() if k[:2] == b"t:")
 
 
 async def test_the_background_flusher_pushes_deltas(anyio_backend: Any, redis_url: str) -> None:
@@ -240,10 +261,10 @@ async def test_an_outage_keeps_the_deltas_and_flushes_them_once(
 
 
 async def test_a_lost_reply_is_not_counted_twice(
-    anyio_backend: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    anyio_backend: Any, fleet_redis: FleetRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The script ran but its reply was lost: the batch is sent again and found applied."""
-    async with RedisBackend(redis_url, instance="a", timeout=2.0) as backend:
+    async with fleet_redis.backend(instance="a", timeout=2.0) as backend:
         budget = FleetErrorBudget(backend, "api", slo=0.9, window=60.0, bucket=1.0)
         real_run = backend.run
 
@@ -387,10 +408,9 @@ CHILD = r"""
 import asyncio, sys
 from dwcp_resilience.redis import FleetErrorBudget, RedisBackend
 
-async def main(url, instance, ok, failed):
-    # timeout=2: the sum is what this test checks, not the guard (a loaded 2-core machine took
-    # over 2 x 0.25 s for a child's first flush, which then stayed in flight: "done 0 10").
-    async with RedisBackend(url, instance=instance, timeout=2.0) as backend:
+async def main(url, kind, instance, ok, failed):
+    cluster = kind == "cluster"
+    async with RedisBackend(url, cluster=cluster, instance=instance, timeout=2.0) as backend:
         async with FleetErrorBudget(backend, "api", slo=0.9, window=60.0, bucket=1.0) as budget:
             for _ in range(ok):
                 budget.record(True)
@@ -398,17 +418,18 @@ async def main(url, instance, ok, failed):
                 budget.record(False)
     print("done", budget.statistics().pending_records, budget.statistics().inflight_records)
 
-asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+asyncio.run(main(*sys.argv[1:4], int(sys.argv[4]), int(sys.argv[5])))
 """
 
 
-async def test_processes_share_one_budget(anyio_backend: Any, redis_url: str) -> None:
+@pytest.mark.cluster_on_asyncio
+async def test_processes_share_one_budget(anyio_backend: Any, fleet_redis: FleetRedis) -> None:
     """4 processes record known outcomes and exit (the exit flushes): the fleet sees the sum."""
     outputs: list[bytes] = []
 
     async def run_child(i: int) -> None:
         result = await anyio.run_process(
-            [sys.executable, "-c", CHILD, redis_url, f"proc-{i}", str(10 + i), str(i)]
+            [sys.executable, "-c", CHILD, *fleet_redis.argv(), f"proc-{i}", str(10 + i), str(i)]
         )
         outputs.append(result.stdout.strip())
 
@@ -417,7 +438,7 @@ async def test_processes_share_one_budget(anyio_backend: Any, redis_url: str) ->
             for i in range(4):
                 tg.start_soon(run_child, i)
     assert outputs == [b"done 0 0"] * 4
-    async with _budgets(redis_url, 1) as (reader,):
+    async with _budgets(fleet_redis, 1) as (reader,):
         snap = await reader.fleet_snapshot()
     assert (snap.total, snap.failed) == (46 + 6, 6)
 

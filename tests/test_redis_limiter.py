@@ -15,6 +15,8 @@ from typing import Any
 import anyio
 import pytest
 import redis
+from conftest import FleetRedis
+from helpers import check_rate_bound, redis_keys
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -42,8 +44,8 @@ def _limiter(backend: RedisBackend, **kwargs: Any) -> RedisRateLimiter:
     return RedisRateLimiter(backend, options.pop("name", "api"), **options)
 
 
-async def test_burst_then_pacing_on_redis_time(anyio_backend: Any, redis_url: str) -> None:
-    async with RedisBackend(redis_url) as backend:
+async def test_burst_then_pacing_on_redis_time(anyio_backend: Any, fleet_redis: FleetRedis) -> None:
+    async with fleet_redis.backend() as backend:
         # 2/s: six round trips on a loaded machine (CI ran latest next to the gate) cannot refill
         # a token, as they did in 100 ms at 10/s.
         limiter = _limiter(backend, rate=2)
@@ -121,8 +123,8 @@ async def test_cancelled_waiter_loses_its_reservation(anyio_backend: Any, redis_
         assert refused.value.retry_after is not None and refused.value.retry_after > 0.1
 
 
-async def test_every_key_has_a_ttl_and_expires(anyio_backend: Any, redis_url: str) -> None:
-    async with RedisBackend(redis_url, namespace="ns") as backend:
+async def test_every_key_has_a_ttl_and_expires(anyio_backend: Any, fleet_redis: FleetRedis) -> None:
+    async with fleet_redis.backend(namespace="ns") as backend:
         fast = _limiter(backend, name="fast", rate=10, burst=10)
         slow = _limiter(backend, name="slow", rate=1, burst=2)
         leasing = _limiter(backend, name="lease", rate=1e4, burst=2000, lease_max=8)
@@ -132,18 +134,18 @@ async def test_every_key_has_a_ttl_and_expires(anyio_backend: Any, redis_url: st
         for limiter in (fast, leasing):
             await limiter.acquire()
         assert leasing.statistics().lease_left == 1  # leases start at 2 tokens
-        keys = sorted(k.decode() for k in await backend.client.keys("*") if isinstance(k, bytes))
-        assert keys == ["ns:limiter:fast", "ns:limiter:lease", "ns:limiter:slow"]
-        ttls = {k: await backend.client.pttl(k) for k in keys}
+        ttls = await redis_keys(backend.client)
+        assert sorted(ttls) == ["{ns:limiter:fast}", "{ns:limiter:lease}", "{ns:limiter:slow}"]
         assert all(ttl > 0 for ttl in ttls.values()), ttls
-        assert 2_000 < ttls["ns:limiter:slow"] <= 3_002  # full again 3 s after the reservation
-        assert ttls["ns:limiter:fast"] <= 102
+        assert 2_000 < ttls["{ns:limiter:slow}"] <= 3_002  # full again 3 s after the reservation
+        assert ttls["{ns:limiter:fast}"] <= 102
         await anyio.sleep(0.15)
-        assert await backend.client.exists("ns:limiter:fast", "ns:limiter:lease") == 0
+        for gone in ("{ns:limiter:fast}", "{ns:limiter:lease}"):
+            assert await backend.client.exists(gone) == 0
 
 
-async def test_instances_share_one_bucket(anyio_backend: Any, redis_url: str) -> None:
-    async with RedisBackend(redis_url) as one, RedisBackend(redis_url) as two:
+async def test_instances_share_one_bucket(anyio_backend: Any, fleet_redis: FleetRedis) -> None:
+    async with fleet_redis.backend() as one, fleet_redis.backend() as two:
         a, b = _limiter(one, rate=1), _limiter(two, rate=1)  # no refill in a few round trips
         assert all([await a.try_acquire() for _ in range(5)])
         assert not await b.try_acquire()
@@ -183,7 +185,7 @@ async def test_call_decorator_and_context_manager(anyio_backend: Any, redis_url:
 
 
 async def test_leases_serve_locally_and_expire(anyio_backend: Any, redis_url: str) -> None:
-    async with RedisBackend(redis_url) as backend:
+    async with RedisBackend(redis_url, timeout=2.0) as backend:
         limiter = _limiter(backend, rate=1e4, burst=5000, lease_max=10, lease_ttl=0.05)
         for _ in range(100):
             await limiter.acquire()
@@ -406,15 +408,7 @@ def test_script_matches_the_model_and_the_bound_holds_for_use_times(
                     log.extend([now + wait] * n)
         client.delete(key)
     for log in (early, late, anywhere):
-        _check_bound(sorted(log), burst, interval)
-
-
-def _check_bound(times: list[int], burst: int, interval: float) -> None:
-    """For every window [t_i, t_j] of the log: count <= burst + (t_j - t_i) / interval, exactly."""
-    for i in range(len(times)):
-        for j in range(i + burst, len(times)):
-            count = j - i + 1
-            assert (count - burst) * interval <= times[j] - times[i], (i, j, times[i], times[j])
+        check_rate_bound(sorted(log), burst, interval)
 
 
 # -- the issue's test: 4 processes share one limiter -------------------------------------------
@@ -424,8 +418,8 @@ import asyncio, json, math, sys, time
 from dwcp_resilience import RateLimited
 from dwcp_resilience.redis import RedisBackend, RedisRateLimiter
 
-async def main(url, barrier, children, duration, tasks):
-    async with RedisBackend(url, timeout=2.0) as backend:
+async def main(url, cluster, barrier, children, duration, tasks):
+    async with RedisBackend(url, cluster=cluster, timeout=2.0) as backend:
         limiter = RedisRateLimiter(backend, "fleet", rate=200, burst=20)
         client = backend.client
         times = []
@@ -456,25 +450,26 @@ async def main(url, barrier, children, duration, tasks):
         stats = limiter.statistics()
         print(json.dumps({"times": times, "local": stats.local, "leased": stats.leased}))
 
-if sys.argv[6] == "uvloop":
+url, kind, barrier, children, duration, tasks, loop = sys.argv[1:]
+if loop == "uvloop":
     import uvloop
     factory = uvloop.new_event_loop
 else:
     factory = asyncio.new_event_loop
 with asyncio.Runner(loop_factory=factory) as runner:
-    runner.run(
-        main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]))
-    )
+    runner.run(main(url, kind == "cluster", barrier, int(children), float(duration), int(tasks)))
 """
 
 
+@pytest.mark.cluster_on_asyncio
 async def test_four_processes_share_one_limiter(
-    anyio_backend: Any, backend_name: str, redis_url: str
+    anyio_backend: Any, backend_name: str, fleet_redis: FleetRedis
 ) -> None:
-    """Each child runs 10 waiting and 10 trying acquirers on the parent's kind of loop."""
+    """Each child runs 10 waiting and 10 trying acquirers on the parent's kind of loop, on one
+    redis-server or on a Redis Cluster."""
     rate, burst, duration = 200, 20, 2.0
     barrier = f"test-barrier:{uuid.uuid4().hex}"
-    command = [sys.executable, "-c", CHILD, redis_url, barrier, "4", repr(duration), "10"]
+    command = [sys.executable, "-c", CHILD, *fleet_redis.argv(), barrier, "4", repr(duration), "10"]
     outputs: list[dict[str, Any]] = []
 
     async def child() -> None:
@@ -496,5 +491,8 @@ async def test_four_processes_share_one_limiter(
     assert span >= 0.9 * duration * 1e6
     assert len(times) >= 0.25 * rate * duration, len(times)
     assert len(times) <= burst + rate * span / 1e6
-    _check_bound(times, burst, 1e6 / rate)
-    print(f"4 processes admitted {len(times)} in {span / 1e6:.3f} s (rate {rate}, burst {burst})")
+    check_rate_bound(times, burst, 1e6 / rate)
+    print(
+        f"4 processes on {fleet_redis.kind} admitted {len(times)} in {span / 1e6:.3f} s "
+        f"(rate {rate}, burst {burst})"
+    )

@@ -1,6 +1,8 @@
 """A Redis-backed rate limiter acquire: ours next to limits' Redis storage and pyrate-limiter's Redis
 buckets, against one throwaway ``redis-server`` on loopback (started at the first row, stopped at
-exit), with a bare ``PING`` round trip as the floor.
+exit), with a bare ``PING`` round trip as the floor; and ours again on a throwaway Redis Cluster of
+3 primaries and 3 replicas on loopback (``RedisBackend(url, cluster=True)``: redis-py's
+``RedisCluster``, which routes each ``EVALSHA`` by its key's slot), with a routed ``GET`` as its floor.
 
 Every row is built with tokens no run can exhaust (1e9/s, a burst of 1e9), so each call takes the
 "tokens are there" path; each ``verify`` proves the row limits with a tight configuration, on a key
@@ -20,6 +22,7 @@ from typing import Any
 
 from dwcp_resilience import RateLimited
 from dwcp_resilience.redis import RedisBackend, RedisRateLimiter
+from dwcp_resilience.redis.replicated import RedisClusterServer
 from dwcp_resilience.redis.server import RedisServer
 
 from ..harness import Call, Case, Contender, Op
@@ -27,7 +30,12 @@ from ..harness import Call, Case, Contender, Op
 RATE = 1e9
 BURST = 1_000_000_000
 
+# The cluster rows' clients, kept for the whole run (the harness has no teardown): a RedisCluster
+# collected while its loop runs reports itself unclosed through the loop's exception handler.
+_kept: list[object] = []
+
 _server: RedisServer | None = None
+_cluster: RedisClusterServer | None = None
 _keys = itertools.count()
 
 
@@ -39,6 +47,16 @@ def _url() -> str:
         _server.start()
         atexit.register(_server.close)
     return _server.url
+
+
+def _cluster_url() -> str:
+    """The case's Redis Cluster (started on first use, stopped at exit)."""
+    global _cluster
+    if _cluster is None:
+        _cluster = RedisClusterServer(3, 1)
+        _cluster.start()
+        atexit.register(_cluster.close)
+    return _cluster.url
 
 
 def _unique(prefix: str) -> str:
@@ -82,6 +100,50 @@ async def ours_verify() -> None:
     stats = leasing.statistics()
     assert stats.leased > 0 and stats.round_trips < 100, stats
     await backend.aclose()
+
+
+# -- ours on a Redis Cluster ---------------------------------------------------------------------
+
+
+def _cluster_make(*, lease_max: int | None) -> Any:
+    async def make(op: Op) -> Call:
+        backend = RedisBackend(_cluster_url(), cluster=True)
+        _kept.append(backend)
+        await backend.connect()
+        limiter = RedisRateLimiter(
+            backend, _unique("bench"), rate=RATE, burst=BURST, lease_max=lease_max
+        )
+        return functools.partial(limiter.call, op)
+
+    return make
+
+
+async def cluster_verify() -> None:
+    async with RedisBackend(_cluster_url(), cluster=True) as backend:
+        tight = RedisRateLimiter(backend, _unique("verify"), rate=1, burst=3, max_wait=0)
+        assert [await tight.try_acquire() for _ in range(4)] == [True, True, True, False]
+        assert tight.statistics().shared == 3, "the cluster row did not use shared state"
+        leasing = RedisRateLimiter(backend, _unique("verify"), rate=RATE, burst=BURST)
+        for _ in range(100):
+            await leasing.acquire()
+        stats = leasing.statistics()
+        assert stats.leased > 0 and stats.round_trips < 100 and stats.local == 0, stats
+
+
+async def cluster_get_make(op: Op) -> Call:
+    from redis.asyncio.cluster import RedisCluster
+
+    client = RedisCluster.from_url(_cluster_url())
+    _kept.append(client)
+    await client.initialize()
+    get = client.get
+    key = _unique("floor")
+
+    async def run() -> Any:
+        await get(key)  # routed by the key's slot to its primary: one round trip
+        return await op()
+
+    return run
 
 
 # -- limits (redis-py implementation) -----------------------------------------------------------
@@ -190,10 +252,15 @@ async def ping_verify() -> None:
 CASES = [
     Case(
         key="redis_limiter",
-        title="Redis-backed rate limiter acquire, tokens plentiful (one local redis-server)",
+        title=(
+            "Redis-backed rate limiter acquire, tokens plentiful (one local redis-server; "
+            "a local Redis Cluster)"
+        ),
         note=(
             "Ratio = time per acquire + op over a bare `await op()`. The PING row is one "
-            "round trip through redis-py: the floor of any design that asks Redis every time."
+            "round trip through redis-py: the floor of any design that asks Redis every time. "
+            "The last three rows run on a 3-primary, 3-replica Redis Cluster on the same machine "
+            "(redis-py's RedisCluster client)."
         ),
         contenders=[
             Contender(
@@ -221,6 +288,21 @@ CASES = [
                 _pyrate_verify(state=True),
             ),
             Contender("redis-py `await client.ping()` (the floor)", ping_make, ping_verify),
+            Contender(
+                "dwcp_resilience RedisRateLimiter.call on a Redis Cluster (leases, default)",
+                _cluster_make(lease_max=None),
+                cluster_verify,
+                ours=True,
+            ),
+            Contender(
+                "dwcp_resilience RedisRateLimiter.call on a Redis Cluster, lease_max=1",
+                _cluster_make(lease_max=1),
+                ours=True,
+            ),
+            Contender(
+                "redis-py RedisCluster `await client.get(key)` (the cluster's floor)",
+                cluster_get_make,
+            ),
         ],
     ),
 ]

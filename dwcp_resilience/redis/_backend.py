@@ -9,10 +9,19 @@ its local state. A :class:`FallbackTracker` per primitive turns those outcomes i
 when it is back, however many calls fail in between.
 
 Redis' own errors that are not about reachability (a script error, a wrong key type) are bugs, not
-outages: they propagate unchanged and do not trip the guard.
+outages: they propagate unchanged and do not trip the guard. A cluster in the middle of a failover
+(``CLUSTERDOWN``, an uncovered slot, a redirect loop that ran out of hops, ``TRYAGAIN``) and a
+replica that refuses writes (``READONLY``) are outages.
 
-Keys are ``<namespace>:<kind>:<name>[:...]``; every primitive gives its keys a TTL, so a fleet that
-stops using a name leaves nothing behind.
+**Deployments.** One server (``Redis``), a Redis Cluster (``RedisBackend(url, cluster=True)`` or
+``client=redis.asyncio.RedisCluster(...)``), or a primary watched by Sentinel
+(``client=Sentinel(...).master_for(service)``). Every script runs by ``EVALSHA`` with its keys
+declared, and the client loads it again when a server answers ``NOSCRIPT`` (a restarted server, or
+a replica promoted by a failover: Redis does not replicate its script cache).
+
+**Keys** are ``{<namespace>:<kind>:<name>}[:...]``: the part in braces is a Redis Cluster *hash
+tag*, so every key of one primitive lives in one slot and each of its scripts runs on one node.
+Every primitive gives its keys a TTL, so a fleet that stops using a name leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -24,9 +33,19 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
+import anyio
 import redis.asyncio as redis_asyncio
+from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterError,
+    ReadOnlyError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -47,17 +66,42 @@ __all__ = (
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: What counts as "Redis is not there": connection and timeout errors, socket errors, and our own
-#: per-call deadline. Everything else Redis raises (ResponseError, ...) is a bug and propagates.
+#: Redis Cluster's "not now": ``CLUSTERDOWN``/``MASTERDOWN`` and a redirect loop that ran out of
+#: hops (``ClusterError``), ``TRYAGAIN`` during a resharding, a slot no node serves, and no node
+#: reachable at all (redis-py 8.2 raises ``RedisClusterUnreachableError`` for it; 5.0 a plain
+#: ``RedisClusterException``, which also means misuse and so stays a bug here); ``READONLY``: a
+#: server that became a replica refuses writes.
+_FAILING_OVER: tuple[type[Exception], ...] = (
+    ClusterError,
+    TryAgainError,
+    SlotNotCoveredError,
+    ReadOnlyError,
+    *(
+        (redis_errors.RedisClusterUnreachableError,)
+        if hasattr(redis_errors, "RedisClusterUnreachableError")
+        else ()
+    ),
+)
+
+#: What counts as "Redis is not there": connection and timeout errors, socket errors, a cluster
+#: or replica in the middle of a failover, and our own per-call deadline. Everything else Redis
+#: raises (a script error, a wrong key type, ...) is a bug and propagates.
 UNAVAILABLE: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     OSError,
     DeadlineExceeded,
+    *_FAILING_OVER,
 )
+
+#: A Redis client the backend can use: one server (also a Sentinel-managed primary) or a cluster.
+RedisClient = redis_asyncio.Redis | RedisCluster
 
 
 _CAUGHT: tuple[type[Exception], ...] = (CircuitOpen, *UNAVAILABLE)
+# A cluster client's first contact: older redis-py raise a plain RedisClusterException when no
+# node answers.
+_CONNECT_FAILED: tuple[type[Exception], ...] = (RedisClusterException, *UNAVAILABLE)
 
 
 class BackendUnavailable(ResilienceError):
@@ -90,14 +134,25 @@ class RedisBackend:
     """A Redis connection for the fleet primitives, guarded by a breaker and a per-call timeout.
 
     Args:
-        url: where Redis is (ignored when ``client`` is given).
-        client: an existing ``redis.asyncio.Redis`` to use instead (its retry settings are kept;
-            ours makes no retries of its own: a failed call falls back at once).
-        namespace: the first part of every key, so fleets can share one Redis.
+        url: where Redis is (not with ``client``): ``redis://host:port/db``, or with
+            ``cluster=True`` any node of a Redis Cluster (``redis://host:port``).
+        cluster: ``url`` is a Redis Cluster: use a ``redis.asyncio.RedisCluster``, which finds
+            every node from that one and follows ``MOVED``/``ASK`` redirects.
+        client: an existing ``redis.asyncio.Redis`` (a Sentinel-managed one from
+            ``Sentinel.master_for`` included) or ``redis.asyncio.RedisCluster`` to use instead
+            (its own timeouts and retries are kept; give it a socket timeout and no retries, as
+            ours does: a failed call falls back at once). It is not closed by :meth:`aclose`.
+        namespace: the first part of every key, so fleets can share one Redis; no braces (they
+            would change the keys' hash tag).
         instance: this process' identity in shared state (default ``host:pid:random``).
         timeout: seconds a single Redis call may take before it counts as unavailable.
         breaker: the guard; the default opens after 3 consecutive unavailable calls and probes
             again after 1 s, so a dead Redis is retried once a second, not on every call.
+
+    Raises:
+        TypeError: ``client`` is not a ``Redis`` or ``RedisCluster``, or a setting has the
+            wrong type.
+        ValueError: ``client`` with ``cluster=True``, a namespace with braces, or a bad number.
 
     Use it as an async context manager (or call :meth:`aclose`) to close the connection pool.
     ``redis.asyncio`` is asyncio-only: the fleet primitives run on asyncio and uvloop, not trio.
@@ -107,30 +162,45 @@ class RedisBackend:
         self,
         url: str = "redis://127.0.0.1:6379/0",
         *,
-        client: redis_asyncio.Redis | None = None,
+        cluster: bool = False,
+        client: RedisClient | None = None,
         namespace: str = "dwcp",
         instance: str | None = None,
         timeout: float = 0.25,
         breaker: CircuitBreaker | None = None,
     ) -> None:
         self._namespace = check_name(namespace, "namespace")
+        if "{" in namespace or "}" in namespace:
+            raise ValueError(f"namespace must not contain braces, got {namespace!r}")
         self._instance = check_name(instance, "instance") if instance is not None else None
         self._timeout = check_number(timeout, "timeout", min_value=0, allow_zero=False)
-        if client is None:
-            client = redis_asyncio.Redis.from_url(
-                url,
-                socket_timeout=self._timeout,
-                socket_connect_timeout=self._timeout,
-                # The asyncio client's own retry class (redis-py >= 8.2 warns on the synchronous
-                # one), with no retries: the guard breaker owns retries, and a failed call falls
-                # back to local state at once. Without a retry object redis-py >= 6 would retry
-                # three times by default.
-                retry=Retry(NoBackoff(), 0),
-            )
-            self._owns_client = True
-        else:
+        if not isinstance(cluster, bool):
+            raise TypeError(f"cluster must be a bool, got {type(cluster).__name__}")
+        if client is not None:
+            if not isinstance(client, (redis_asyncio.Redis, RedisCluster)):
+                raise TypeError(
+                    "client must be a redis.asyncio.Redis or RedisCluster, "
+                    f"got {type(client).__name__}"
+                )
+            if cluster:
+                raise ValueError("cluster=True builds a client from url: not with client=")
             self._owns_client = False
-        self._client = client
+        else:
+            # No retries in the client (the asyncio Retry class: redis-py >= 8.2 warns on the
+            # synchronous one): the guard breaker owns retries, and a failed call falls back to
+            # local state at once. Without one, redis-py >= 6 would retry three times.
+            # RedisCluster still follows MOVED and ASK redirects (they are not retries).
+            options: dict[str, Any] = {
+                "socket_timeout": self._timeout,
+                "socket_connect_timeout": self._timeout,
+                "retry": Retry(NoBackoff(), 0),
+            }
+            if cluster:
+                client = RedisCluster.from_url(url, **options)
+            else:
+                client = redis_asyncio.Redis.from_url(url, **options)
+            self._owns_client = True
+        self._client: RedisClient = client
         self._guard = breaker or CircuitBreaker(
             f"redis:{self._namespace}",
             max_failures=3,
@@ -141,9 +211,14 @@ class RedisBackend:
         )
 
     @property
-    def client(self) -> redis_asyncio.Redis:
-        """The underlying ``redis.asyncio.Redis`` (unguarded: prefer :meth:`run`)."""
+    def client(self) -> RedisClient:
+        """The underlying ``Redis`` or ``RedisCluster`` (unguarded: prefer :meth:`run`)."""
         return self._client
+
+    @property
+    def cluster(self) -> bool:
+        """True when the client is a ``RedisCluster``."""
+        return isinstance(self._client, RedisCluster)
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -168,11 +243,19 @@ class RedisBackend:
         return self._timeout
 
     def key(self, kind: str, name: str, *parts: str) -> str:
-        """``<namespace>:<kind>:<name>[:part...]``, the key layout of every fleet primitive."""
-        return ":".join((self._namespace, kind, name, *parts))
+        """``{<namespace>:<kind>:<name>}[:part...]``, the key layout of every fleet primitive.
+
+        The braces are a Redis Cluster hash tag: every key with the same namespace, kind and name
+        hashes to one slot, so a script may touch all of them. (A name with a ``}`` ends the tag
+        early; the keys of one primitive still share it.)
+        """
+        tag = f"{{{self._namespace}:{kind}:{name}}}"
+        return ":".join((tag, *parts)) if parts else tag
 
     def register_script(self, source: str) -> Any:
-        """A Lua script run by SHA (``EVALSHA``, loading it again after a Redis restart)."""
+        """A Lua script run by SHA (``EVALSHA`` with its keys, so a cluster routes it to their
+        slot's node; loaded again when a server answers ``NOSCRIPT``: a restarted server, or a
+        replica that a failover promoted)."""
         return self._client.register_script(source)
 
     async def run(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -199,7 +282,29 @@ class RedisBackend:
         if self._owns_client:
             await self._client.aclose()
 
+    async def connect(self) -> bool:
+        """Learn a cluster's slots now, so that the first calls do not pay for it.
+
+        A ``RedisCluster`` asks a node for the slot map (and command metadata) before its first
+        command, which can take longer than one call's ``timeout`` (about 0.1 s on loopback):
+        those calls would fall back. ``async with backend`` calls this; it waits at most
+        ``max(1.0, 4 * timeout)`` seconds, never raises for an unreachable cluster (the first
+        calls fall back as usual), and does nothing for one server, whose client connects
+        within a call. Returns True when the client is ready.
+        """
+        client = self._client
+        if not isinstance(client, RedisCluster):
+            return True
+        with anyio.move_on_after(max(1.0, 4 * self._timeout)):
+            try:
+                await client.initialize()
+            except _CONNECT_FAILED:
+                return False
+            return True
+        return False
+
     async def __aenter__(self) -> RedisBackend:
+        await self.connect()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -3,11 +3,11 @@
 Keys and scripts (``<ns>`` is the backend's namespace, ``<name>`` the fleet breaker's name; both
 keys carry the hash tag ``{<name>}``, so the poll script that reads both is Redis Cluster safe):
 
-- ``<ns>:breaker:{<name>}:opened``, a sorted set: member = instance id, score = the Redis server
+- ``{<ns>:breaker:<name>}:opened``, a sorted set: member = instance id, score = the Redis server
   time (ms, from ``TIME`` inside the script) of that instance's latest opening. One member per
   instance, so the key never grows beyond the fleet's size; the publish script also drops entries
   older than ``window`` and sets a TTL of ``window`` (the key vanishes when nobody reported).
-- ``<ns>:breaker:{<name>}:members``, a sorted set: member = instance id, score = the Redis time of
+- ``{<ns>:breaker:<name>}:members``, a sorted set: member = instance id, score = the Redis time of
   its latest poll. Every poll is a heartbeat: the poll script adds this instance, drops the members
   not seen for ``member_ttl`` and sets a TTL of ``member_ttl``, all in the same round trip as the
   read of the reports. A member that stops polling (crash, partition, Redis unreachable from it)

@@ -5,10 +5,20 @@ locally (no Redis round trip on the call path). Only one decision is shared: "in
 breaker N at time t". A fleet breaker follows the others by a quorum rule, so one sick node cannot
 poison the fleet (Polly #287).
 
-Keys: ``<ns>:breaker:{<name>}:opened`` (the reports: instance -> Redis time of its latest
-opening), ``<ns>:breaker:{<name>}:members`` (the live members: instance -> Redis time of its latest
-poll, which is its heartbeat) and the pub/sub channel ``<ns>:breaker:<name>:events``; the layout
-and the scripts are described in :mod:`dwcp_resilience.redis._breaker_lua`.
+Keys and scripts (``<ns>`` is the backend's namespace, ``<name>`` the fleet breaker's name; one
+hash tag per name, so a Redis Cluster keeps them in one slot):
+
+- ``{<ns>:breaker:<name>}:opened``, a sorted set: member = instance id, score = the Redis server time
+  (ms, from ``TIME`` inside the script) of that instance's latest opening;
+- ``{<ns>:breaker:<name>}:members``, a sorted set of the live members: instance -> Redis time of its
+  latest poll, which is its heartbeat;
+- ``{<ns>:breaker:<name>}:events``, a pub/sub channel: the publish script announces every report on
+  it so followers react at once. Messages can be lost, so followers also poll every
+  ``poll_interval``. In a Redis Cluster the ``PUBLISH`` reaches subscribers on every node; the
+  asyncio cluster client subscribes from redis-py 8 on (with an older one, followers learn by
+  polling only).
+
+The layout and the scripts are described in :mod:`dwcp_resilience.redis._breaker_lua`.
 
 Publishing: when the local breaker opens by itself (CLOSED or HALF_OPEN -> OPEN, not manual, and not
 a fleet-caused trip), the watcher publishes a report with one script (``ZADD GT`` + cleanup +
@@ -194,9 +204,8 @@ class FleetBreaker:
         self._listeners: Listeners[Event] = Listeners(listeners)
         self._tracker = FallbackTracker(f"fleet-breaker:{self._name}", self._listeners)
         # One hash tag for the keys the poll script reads together (one Redis Cluster slot).
-        tag = "{" + self._name + "}"
-        self._key = backend.key("breaker", tag, "opened")
-        self._members_key = backend.key("breaker", tag, "members")
+        self._key = backend.key("breaker", self._name, "opened")
+        self._members_key = backend.key("breaker", self._name, "members")
         self._channel = backend.key("breaker", self._name, "events")
         self._publish: Any = backend.register_script(PUBLISH_LUA)
         self._poll: Any = backend.register_script(POLL_LUA)
@@ -318,7 +327,10 @@ class FleetBreaker:
         await task_group.__aenter__()
         self._task_group = task_group
         task_group.start_soon(self._watch, name=f"fleet-breaker:{self._name}:watch")
-        task_group.start_soon(self._listen, name=f"fleet-breaker:{self._name}:listen")
+        if hasattr(
+            self._backend.client, "pubsub"
+        ):  # an asyncio RedisCluster has it from redis-py 8
+            task_group.start_soon(self._listen, name=f"fleet-breaker:{self._name}:listen")
         return self
 
     async def __aexit__(

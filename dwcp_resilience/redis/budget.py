@@ -5,13 +5,16 @@ Every instance records its outcomes locally (sync and O(1): its own
 the deltas to Redis every ``flush_interval``, and :meth:`FleetErrorBudget.fleet_snapshot` sums the
 fleet's buckets over the window in one round trip.
 
-Keys (``<ns>`` the backend's namespace, ``<name>`` the budget's name):
+Keys (``<ns>`` the backend's namespace, ``<name>`` the budget's name; the braces are a Redis
+Cluster hash tag, so both keys of a budget live in one slot and every script declares the keys it
+touches):
 
-- ``<ns>:budget:<name>:<bucket start ms>``, a hash ``{total, failed}`` per bucket of ``bucket``
-  seconds of **Redis server time** (``TIME`` inside the scripts), with a TTL of
-  ``window + bucket``: old buckets vanish by themselves. The scripts build these keys from a prefix
-  (fine on one Redis server; not Redis Cluster safe).
-- ``<ns>:budget:<name>:seq:<instance>:<token>``, the last batch number this budget object applied
+- ``{<ns>:budget:<name>}:buckets``, a hash with fields ``t:<bucket start ms>`` and
+  ``f:<bucket start ms>`` (requests and failures per bucket of ``bucket`` seconds of **Redis server
+  time**, ``TIME`` inside the scripts) and ``lo``, the oldest bucket start it may still hold. Each
+  flush deletes the buckets that no snapshot can read any more (older than the window) and sets
+  the hash's TTL to ``window + bucket``: a budget nobody flushes vanishes by itself.
+- ``{<ns>:budget:<name>}:seq:<instance>:<token>``, the last batch number this budget object applied
   (TTL ``2 * (window + bucket)``), which makes flushes idempotent.
 
 Bucket times are fleet-consistent: a delta is sent with its *age* (how long ago, on this process'
@@ -60,6 +63,7 @@ from ..core.validate import check_int, check_name, check_number
 from ..slo.error_budget import ErrorBudget
 from ._backend import BackendUnavailable, FallbackTracker, RedisBackend
 from ._budget_core import BudgetDeltas, FleetBudgetSnapshot, budget_snapshot
+from ._budget_lua import FLUSH_LUA, SNAPSHOT_LUA
 
 __all__ = (
     "FleetBudgetSnapshot",
@@ -68,42 +72,6 @@ __all__ = (
 )
 
 _log = logging.getLogger("dwcp_resilience")
-
-# KEYS[1] the batch-number key. ARGV: bucket key prefix, bucket ms, bucket TTL ms, seq TTL ms,
-# batch number, then (age ms, total, failed) triples. Returns 1 if applied, 0 if a duplicate.
-_FLUSH = """
-local seq = tonumber(ARGV[5])
-local last = tonumber(redis.call('GET', KEYS[1]) or '0')
-if seq <= last then return 0 end
-redis.call('SET', KEYS[1], seq, 'PX', ARGV[4])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local width = tonumber(ARGV[2])
-for i = 6, #ARGV, 3 do
-    local start = math.floor((now - tonumber(ARGV[i])) / width) * width
-    local key = ARGV[1] .. string.format('%d', start)
-    redis.call('HINCRBY', key, 'total', ARGV[i + 1])
-    if tonumber(ARGV[i + 2]) > 0 then redis.call('HINCRBY', key, 'failed', ARGV[i + 2]) end
-    redis.call('PEXPIRE', key, ARGV[3])
-end
-return 1
-"""
-
-# ARGV: bucket key prefix, bucket ms, buckets in the window. Returns {now ms, total, failed}.
-_SNAPSHOT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local width = tonumber(ARGV[2])
-local start = math.floor(now / width) * width
-local total, failed = 0, 0
-for i = 0, tonumber(ARGV[3]) - 1 do
-    local v = redis.call('HMGET', ARGV[1] .. string.format('%d', start - i * width),
-        'total', 'failed')
-    total = total + (tonumber(v[1]) or 0)
-    failed = failed + (tonumber(v[2]) or 0)
-end
-return {now, total, failed}
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +135,8 @@ class FleetErrorBudget:
     """
 
     __slots__ = (
-        "_backend", "_clock", "_deltas", "_flush", "_flush_interval", "_last_snapshot", "_lock",
-        "_own_clock", "_prefix", "_seq_key", "_snapshot", "_snapshot_interval", "_task_group",
+        "_backend", "_buckets_key", "_clock", "_count", "_deltas", "_flush", "_flush_interval",
+        "_last_snapshot", "_lock", "_own_clock", "_seq_key", "_snapshot", "_snapshot_interval", "_task_group",
         "_tracker", "batches", "duplicates", "local", "min_requests", "name", "slo", "snapshots",
         "window",
     )  # fmt: skip
@@ -220,10 +188,11 @@ class FleetErrorBudget:
         self.local = local
         self._deltas = BudgetDeltas(width, self.window)
         token = secrets.token_hex(4)
-        self._prefix = backend.key("budget", self.name, "")
+        self._buckets_key = backend.key("budget", self.name, "buckets")
+        self._count = math.ceil(self.window / width - 1e-9)  # buckets a snapshot sums
         self._seq_key = backend.key("budget", self.name, "seq", f"{backend.instance}:{token}")
-        self._flush: Any = backend.register_script(_FLUSH)
-        self._snapshot: Any = backend.register_script(_SNAPSHOT)
+        self._flush: Any = backend.register_script(FLUSH_LUA)
+        self._snapshot: Any = backend.register_script(SNAPSHOT_LUA)
         self._tracker = FallbackTracker(f"fleet-budget:{self.name}", Listeners(listeners))
         self._lock = anyio.Lock()
         self._task_group: TaskGroup | None = None
@@ -267,8 +236,8 @@ class FleetErrorBudget:
                 if batch is None:
                     return True
                 args: list[int | str] = [
-                    self._prefix,
                     int(deltas.width * 1000),
+                    self._count,
                     int((self.window + deltas.width) * 1000),
                     int(2 * (self.window + deltas.width) * 1000),
                     batch.seq,
@@ -278,7 +247,9 @@ class FleetErrorBudget:
                 ):
                     args += [age, total, failed]
                 try:
-                    applied = await self._backend.run(self._flush, keys=[self._seq_key], args=args)
+                    applied = await self._backend.run(
+                        self._flush, keys=[self._seq_key, self._buckets_key], args=args
+                    )
                 except BackendUnavailable as exc:
                     self._tracker.failed(exc)
                     return False
@@ -297,10 +268,11 @@ class FleetErrorBudget:
         """
         deltas = self._deltas
         unflushed = deltas.pending_records + deltas.inflight_records
-        count = math.ceil(self.window / deltas.width - 1e-9)
         try:
             _, total, failed = await self._backend.run(
-                self._snapshot, keys=[], args=[self._prefix, int(deltas.width * 1000), count]
+                self._snapshot,
+                keys=[self._buckets_key],
+                args=[int(deltas.width * 1000), self._count],
             )
         except BackendUnavailable as exc:
             self._tracker.failed(exc)

@@ -1,8 +1,9 @@
-"""A throwaway ``redis-server`` on a free loopback port, for tests and benchmarks.
+"""A throwaway ``redis-server`` on a free loopback port, for tests, benchmarks and examples.
 
 :class:`RedisServer` runs the ``redis-server`` binary (Debian's package ``redis-server``) with no
 persistence, bound to 127.0.0.1 only. ``stop()`` kills it (as an outage would) and ``start()`` brings
-it back on the same port, which is how the fallback tests take Redis away mid-run.
+it back on the same port, which is how the fallback tests take Redis away mid-run. A Redis Cluster
+and a Sentinel-watched primary of such servers are in :mod:`dwcp_resilience.redis.replicated`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ("RedisServer", "free_port")
@@ -19,25 +21,48 @@ __all__ = ("RedisServer", "free_port")
 REDIS_SERVER = shutil.which("redis-server")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port(*, cluster_bus: bool = False) -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago.
+
+    With ``cluster_bus``, one whose cluster bus port (``port + 10000``) was free too.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if not cluster_bus:
+            return port
+        if port + 10000 <= 65535:
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
 
 
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1:``port`` (a free one by default).
 
+    Args:
+        port: the port (default: a free one).
+        args: more command-line options, e.g. ``("--replicaof", "127.0.0.1", "6379")``.
+        config: a configuration file's text, written to the server's directory and passed first
+            (Sentinel needs one it can rewrite).
+
     Use it as a context manager (start, then stop and remove its directory), or call :meth:`start`,
-    :meth:`stop` (SIGKILL), :meth:`restart` and :meth:`close` yourself.
+    :meth:`stop` (SIGKILL), :meth:`restart` and :meth:`close` yourself. Its directory (and so a
+    cluster node's ``nodes.conf``) survives :meth:`stop`, so a restarted node keeps its identity.
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, *, args: Sequence[str] = (), config: str | None = None
+    ) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed (scripts/install-sysdeps.sh does it)")
         self.port = port or free_port()
+        self._args = tuple(args)
+        self._config = config
         self._dir = tempfile.TemporaryDirectory(prefix="dwcp-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -45,6 +70,11 @@ class RedisServer:
     def url(self) -> str:
         """``redis://127.0.0.1:<port>/0``."""
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def directory(self) -> Path:
+        """The server's working directory (its log, and a cluster node's ``nodes.conf``)."""
+        return Path(self._dir.name)
 
     @property
     def running(self) -> bool:
@@ -55,8 +85,13 @@ class RedisServer:
         """Start the server (if it is not running) and wait until it answers PING."""
         if self.running:
             return
-        args = [
-            str(REDIS_SERVER),
+        args = [str(REDIS_SERVER)]
+        if self._config is not None:
+            config = Path(self._dir.name, "redis.conf")
+            if not config.exists():  # Sentinel rewrites it: keep what it learnt on a restart
+                config.write_text(self._config, encoding="utf-8")
+            args.append(str(config))
+        args += [
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--protected-mode", "yes",
@@ -65,6 +100,9 @@ class RedisServer:
             "--dir", self._dir.name,
             "--daemonize", "no",
             "--loglevel", "warning",
+            # A replica's first sync starts at once (the default waits 5 s for more replicas).
+            "--repl-diskless-sync-delay", "0",
+            *self._args,
         ]  # fmt: skip
         log = Path(self._dir.name, "redis.log").open("ab")  # noqa: SIM115 - kept for the process
         self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
