@@ -127,7 +127,9 @@ async def _fleet(
             await stack.enter_async_context(fleet)
             nodes.append(Node(fleet, recorder))
         for node in nodes:  # every watcher has polled once: the fleet is listening
-            await _eventually(node.has_polled)
+            # 15 s: a member's first poll on a cluster (slot discovery, script load) took over
+            # 5 s once on a loaded CI machine (3.12, uvloop).
+            await _eventually(node.has_polled, limit=15.0)
         yield nodes
 
 
