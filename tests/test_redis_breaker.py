@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -448,46 +449,8 @@ def test_wrong_collaborators_are_refused() -> None:
 
 # -- several processes --------------------------------------------------------------------------
 
-CHILD = r"""
-import asyncio, sys
-from dwcp_resilience import BreakerStateChanged, CircuitBreaker, CircuitOpen
-from dwcp_resilience.redis import FleetBreaker, RedisBackend
-
-async def main(url, cluster, instance, quorum):
-    def on_event(event):
-        if isinstance(event, BreakerStateChanged):
-            print("event", event.new.name, event.reason, flush=True)
-    breaker = CircuitBreaker("payments", max_failures=1, reset_timeout=60.0, listeners=[on_event])
-    async with RedisBackend(url, cluster=cluster, instance=instance) as backend:
-        async with FleetBreaker(backend, breaker, quorum=quorum, window=30.0,
-                                poll_interval=0.1) as fleet:
-            while fleet.statistics().polls == 0:
-                await asyncio.sleep(0.01)
-            print("ready", flush=True)
-            loop = asyncio.get_running_loop()
-            while True:
-                command = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
-                if command == "fail":
-                    async def boom():
-                        raise RuntimeError("sick")
-                    try:
-                        await breaker.call(boom)
-                    except RuntimeError:
-                        pass
-                elif command == "call":
-                    ran = []
-                    async def callee():
-                        ran.append(1)
-                    try:
-                        await breaker.call(callee)
-                        print("call ok", bool(ran), flush=True)
-                    except CircuitOpen:
-                        print("call rejected", bool(ran), flush=True)
-                else:
-                    break
-
-asyncio.run(main(sys.argv[1], sys.argv[2] == "cluster", sys.argv[3], int(sys.argv[4])))
-"""
+# One member per process: tests/fleet_member.py (shared with tests/test_redis_membership.py).
+FLEET_MEMBER = str(Path(__file__).with_name("fleet_member.py"))
 
 
 class Child:
@@ -523,7 +486,17 @@ async def _children(url: str | FleetRedis, count: int, quorum: int) -> AsyncIter
         for i in range(count):
             process = await stack.enter_async_context(
                 await anyio.open_process(
-                    [sys.executable, "-c", CHILD, *_on(url).argv(), f"proc-{i}", str(quorum)],
+                    [
+                        sys.executable,
+                        FLEET_MEMBER,
+                        *_on(url).argv(),
+                        f"proc-{i}",
+                        str(quorum),
+                        "30",
+                        "0.1",
+                        "-",
+                        "0.25",
+                    ],
                     stderr=None,
                 )
             )

@@ -110,6 +110,19 @@ async def _until(check: Callable[[], bool], limit: float, what: str) -> None:
         await anyio.sleep(0.01)
 
 
+async def _back_to_shared(members: list[Member], since: float) -> None:
+    """Wait (10 s at most) until every member is on shared state and has made 5 shared
+    admissions since ``since``."""
+    await _until(
+        lambda: (
+            all(m.limiter.statistics().on_shared for m in members)
+            and all(m.shared_since(since) > 5 for m in members)
+        ),
+        10,
+        "the members to return to shared state",
+    )
+
+
 def _script_loaded(port: int) -> bool:
     sha = redis.Redis().register_script(GCRA_LUA).sha  # no connection: only the digest
     with redis.Redis(port=port) as client:
@@ -182,14 +195,7 @@ async def test_a_killed_primary_fails_over_and_calls_go_on(
             cluster.kill(primary)
             assert await anyio.to_thread.run_sync(cluster.wait_failover, slot, primary) is replica
             promoted = anyio.current_time()
-            await _until(
-                lambda: (
-                    all(m.limiter.statistics().on_shared for m in members)
-                    and all(m.shared_since(promoted) > 5 for m in members)
-                ),
-                10,
-                "the members to return to shared state",
-            )
+            await _back_to_shared(members, promoted)
             await anyio.sleep(0.3)  # some more shared admissions on the promoted replica
         finally:
             await anyio.to_thread.run_sync(cluster.revive, primary)
@@ -324,14 +330,7 @@ async def test_a_sentinel_failover_returns_to_shared_state(anyio_backend: Any) -
                 new = await anyio.to_thread.run_sync(group.wait_failover, old)
                 promoted = anyio.current_time()
                 assert new != old
-                await _until(
-                    lambda: (
-                        all(m.limiter.statistics().on_shared for m in members)
-                        and all(m.shared_since(promoted) > 5 for m in members)
-                    ),
-                    10,
-                    "the members to return to shared state",
-                )
+                await _back_to_shared(members, promoted)
         finally:
             for client in [*clients, *sentinel.sentinels]:
                 await client.aclose()

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -369,52 +370,8 @@ def test_the_member_ttl_defaults_to_three_polls() -> None:
 
 # -- several processes ----------------------------------------------------------------------------
 
-CHILD = r"""
-import asyncio, sys
-from dwcp_resilience import BreakerStateChanged, CircuitBreaker, CircuitOpen
-from dwcp_resilience.redis import FleetBreaker, QuorumShare, RedisBackend
-
-async def main(url, instance, fraction, minimum, poll_interval, member_ttl):
-    def on_event(event):
-        if isinstance(event, BreakerStateChanged):
-            print("event", event.new.name, event.reason, flush=True)
-    breaker = CircuitBreaker("payments", max_failures=1, reset_timeout=60.0, listeners=[on_event])
-    quorum = QuorumShare(float(fraction), int(minimum))
-    async with RedisBackend(url, instance=instance, timeout=2.0) as backend:
-        async with FleetBreaker(backend, breaker, quorum=quorum, window=60.0,
-                                poll_interval=float(poll_interval),
-                                member_ttl=float(member_ttl)) as fleet:
-            while fleet.statistics().polls == 0:
-                await asyncio.sleep(0.01)
-            print("ready", flush=True)
-            loop = asyncio.get_running_loop()
-            while True:
-                command = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
-                if command == "fail":
-                    async def boom():
-                        raise RuntimeError("sick")
-                    try:
-                        await breaker.call(boom)
-                    except RuntimeError:
-                        pass
-                elif command == "call":
-                    ran = []
-                    async def callee():
-                        ran.append(1)
-                    try:
-                        await breaker.call(callee)
-                        print("call ok", bool(ran), flush=True)
-                    except CircuitOpen:
-                        print("call rejected", bool(ran), flush=True)
-                elif command == "stats":
-                    s = fleet.statistics()
-                    print("stats", s.members, s.reports_needed, s.last_reporters, s.state.name,
-                          flush=True)
-                else:
-                    break
-
-asyncio.run(main(*sys.argv[1:]))
-"""
+# One member per process: tests/fleet_member.py (shared with tests/test_redis_breaker.py).
+FLEET_MEMBER = str(Path(__file__).with_name("fleet_member.py"))
 
 
 class Child:
@@ -481,8 +438,8 @@ class ProcessFleet:
             name = f"proc-{self.count}"
             self.count += 1
             process = await anyio.open_process(
-                [sys.executable, "-c", CHILD, self.url, name, "0.5", "2",
-                 str(self.poll_interval), str(self.member_ttl)],
+                [sys.executable, FLEET_MEMBER, self.url, "server", name, "0.5/2", "60",
+                 str(self.poll_interval), str(self.member_ttl), "2.0"],
                 stderr=None,
             )  # fmt: skip
             new.append(Child(process, name))

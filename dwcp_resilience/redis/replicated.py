@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import redis
 from redis.exceptions import RedisError
@@ -41,7 +41,28 @@ def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-class RedisClusterServer:
+class _Deployment:
+    """``with deployment:`` starts it (closing whatever a failed start left running) and closes it."""
+
+    def start(self, timeout: float = 30.0) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class RedisClusterServer(_Deployment):
     """A Redis Cluster of ``primaries`` primaries with ``replicas`` replicas each, on loopback.
 
     Args:
@@ -210,19 +231,8 @@ class RedisClusterServer:
         for node in self.nodes:
             node.close()
 
-    def __enter__(self) -> RedisClusterServer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-class RedisSentinelServer:
+class RedisSentinelServer(_Deployment):
     """A primary, ``replicas`` replicas of it, and one Sentinel watching them as ``service``.
 
     Args:
@@ -302,14 +312,3 @@ class RedisSentinelServer:
         """Stop every server and remove their directories."""
         for server in (self.sentinel, *self._servers()):
             server.close()
-
-    def __enter__(self) -> RedisSentinelServer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
