@@ -168,6 +168,11 @@ class Bulkhead(PolicyBase):
         return self._core.running
 
     @property
+    def in_use(self) -> int:
+        """Permits in use now: by running calls and by waiters just handed one."""
+        return self._core.in_use
+
+    @property
     def queued(self) -> int:
         """Calls waiting now."""
         return self._core.queued
@@ -187,7 +192,7 @@ class Bulkhead(PolicyBase):
 
     def __repr__(self) -> str:
         core = self._core
-        busy = core.running + core.reserved
+        busy = core.in_use
         return (
             f"<Bulkhead {self._name!r} {busy}/{core.max_concurrent} in use, "
             f"{core.queued}/{core.max_queue} waiting>"
@@ -207,7 +212,7 @@ class Bulkhead(PolicyBase):
             name=self._name,
             max_concurrent=core.max_concurrent,
             max_queue=core.max_queue,
-            concurrent=core.running + core.reserved,
+            concurrent=core.in_use,
             available=core.available,
             queued=core.queued,
             admitted=admitted,

@@ -120,6 +120,11 @@ class BulkheadCore:
         return self._max_concurrent - self._free - self._reserved
 
     @property
+    def in_use(self) -> int:
+        """Permits held by running calls or handed to waiters (``running + reserved``)."""
+        return self._max_concurrent - self._free
+
+    @property
     def queued(self) -> int:
         """Waiters in the queue."""
         return self._queued

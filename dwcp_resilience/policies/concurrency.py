@@ -306,8 +306,7 @@ class AdaptiveConcurrencyLimiter(PolicyBase):
     @property
     def inflight(self) -> int:
         """Calls holding a permit now."""
-        bulkhead = self._bulkhead
-        return bulkhead.running + bulkhead.reserved
+        return self._bulkhead.in_use
 
     @property
     def max_wait(self) -> float:
@@ -396,21 +395,17 @@ class AdaptiveConcurrencyLimiter(PolicyBase):
             now = self._clock()
             rtt = now - start if start is not None else latency
             assert rtt is not None
-            core = self._core
-            bulkhead = self._bulkhead
-            inflight = bulkhead.running + bulkhead.reserved
-            old = core.limit
-            if core.sample(now, rtt, inflight, dropped, epoch):
-                self._moved(now, old)
+            if self._core.sample(now, rtt, self._bulkhead.in_use, dropped, epoch):
+                self._moved(now)
         finally:
             self._exit(None, None, None)
 
-    def _moved(self, now: float, old: int) -> None:
+    def _moved(self, now: float) -> None:
         core = self._core
         self._bulkhead.resize(core.limit)
         if self._listeners:
             event = ConcurrencyLimitChanged(
-                self._name, now, old, core.limit, core.reason, core.rtt, core.baseline
+                self._name, now, core.previous, core.limit, core.reason, core.rtt, core.baseline
             )
             self._listeners.emit(event)
 

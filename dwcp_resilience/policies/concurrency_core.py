@@ -168,6 +168,7 @@ class ConcurrencyCore:
         "limit",
         "max_limit",
         "min_limit",
+        "previous",
         "probes",
         "reason",
         "rtt",
@@ -214,6 +215,7 @@ class ConcurrencyCore:
         self._w_drop = False
         self.samples = self.drops = self.stale = self.updates = self.changes = self.probes = 0
         self.reason = ""  # why ``limit`` last changed: "update", "probe" or "probe_done"
+        self.previous = initial  # the limit before its last change
 
     @property
     def algorithm(self) -> LimitAlgorithm:
@@ -232,19 +234,22 @@ class ConcurrencyCore:
         """
         if rtt != rtt:  # noqa: PLR0124 - NaN, without a call on the hot path
             return False
-        rtt = max(rtt, 0.0)
+        if rtt < 0.0:  # noqa: PLR1730 - max() costs a call on the hot path
+            rtt = 0.0
         if self._probe is not None:
             return self._probe_sample(now, rtt, epoch)
         self.samples += 1
-        self.drops += dropped
-        if self._w_n == 0:
+        if dropped:
+            self.drops += 1
+            self._w_drop = True
+        n = self._w_n + 1
+        self._w_n = n
+        if n == 1:
             self._w_start = now
         self._w_sum += rtt
-        self._w_n += 1
         if inflight > self._w_inflight:  # noqa: PLR1730 - max() costs a call on the hot path
             self._w_inflight = inflight
-        self._w_drop |= dropped
-        if self._w_n < self._min_samples or now - self._w_start < self._window:
+        if n < self._min_samples or now - self._w_start < self._window:
             return False
         mean = self._w_sum / self._w_n
         peak, drop = self._w_inflight, self._w_drop
@@ -334,5 +339,6 @@ class ConcurrencyCore:
         if self.limit != old:
             self.changes += 1
             self.reason = reason
+            self.previous = old
             return True
         return False

@@ -265,10 +265,6 @@ class AdaptiveThrottle(PolicyBase):
             self._listeners.emit(ThrottleRejected(self._name, now, p))
         return Throttled(self._name, None)
 
-    def _result(self, ticket: int, result: object) -> None:
-        check = self._classifier.of_result(result) if self._result_check else _SUCCESS
-        self._core.record(ticket, check)
-
     # -- the idioms --------------------------------------------------------------------------------
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -279,13 +275,19 @@ class AdaptiveThrottle(PolicyBase):
         """
         if not callable(fn):
             raise not_callable(fn)
-        ticket = self._admit()
+        core = self._core
+        ticket = core.try_admit(self._clock(), self._random)  # as _admit, without its frame
+        if ticket == REFUSED:
+            raise self._refused(self._clock())
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            self._core.record(ticket, self._classifier.of_exception(exc))
+            core.record(ticket, self._classifier.of_exception(exc))
             raise
-        self._result(ticket, result)
+        if self._result_check:
+            core.record(ticket, self._classifier.of_result(result))
+        else:
+            core.accept(ticket)
         return result
 
     def acquire(self) -> ThrottlePermit:
@@ -308,6 +310,6 @@ class AdaptiveThrottle(PolicyBase):
     ) -> None:
         ticket = self._stack.pop()
         if exc is None:
-            self._core.record(ticket, _SUCCESS)
+            self._core.accept(ticket)
         else:
             self._core.record(ticket, self._classifier.of_exception(exc))

@@ -28,6 +28,7 @@ pass ``now`` and a uniform draw ``random()``, which is called only when the prob
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from ..core.outcome import Outcome
@@ -56,6 +57,7 @@ class ThrottleCore:
 
     __slots__ = (
         "_acc",
+        "_edge",
         "_k",
         "_last",
         "_n",
@@ -78,6 +80,7 @@ class ThrottleCore:
         self._req = [0] * self._n
         self._acc = [0] * self._n
         self._last = -(2**62)  # the index (now // width) of the newest bucket
+        self._edge = -math.inf  # where the newest bucket ends: (last + 1) * width
         self.requests = self.accepts = 0  # over the window
         # lifetime: admitted or rejected locally; of the admitted, accepted, refused or neutral
         self.admitted = self.rejected = self.accepted = self.refused = self.neutral = 0
@@ -95,23 +98,28 @@ class ThrottleCore:
         self._req = [0] * self._n
         self._acc = [0] * self._n
         self._last = -(2**62)
+        self._edge = -math.inf
         self.requests = self.accepts = 0
 
     def _advance(self, now: float) -> int:
-        index = int(now // self._width)
-        last = self._last
-        if index > last:
-            n = self._n
-            req, acc = self._req, self._acc
-            # Empty every bucket that slid out: at most n, however long the silence was.
-            for k in range(max(last + 1, index - n + 1), index + 1):
-                slot = k % n
-                self.requests -= req[slot]
-                self.accepts -= acc[slot]
-                req[slot] = acc[slot] = 0
-            self._last = index
-            return index
-        return last  # a clock that steps back counts into the newest bucket
+        if now >= self._edge:
+            index = int(now // self._width)
+            if index > self._last:
+                self._slide(index)
+        return self._last  # the newest bucket (a clock that steps back counts into it too)
+
+    def _slide(self, index: int) -> None:
+        """Make ``index`` the newest bucket: empty every bucket that slid out (at most n, however
+        long the silence was)."""
+        n = self._n
+        req, acc = self._req, self._acc
+        for k in range(max(self._last + 1, index - n + 1), index + 1):
+            slot = k % n
+            self.requests -= req[slot]
+            self.accepts -= acc[slot]
+            req[slot] = acc[slot] = 0
+        self._last = index
+        self._edge = (index + 1) * self._width
 
     def probability(self, now: float) -> float:
         """The probability that a call admitted at ``now`` is refused locally."""
@@ -122,10 +130,14 @@ class ThrottleCore:
 
     def try_admit(self, now: float, random: Callable[[], float]) -> int:
         """Decide on a call at ``now``: its ticket (>= 0), or :data:`REFUSED` (counted at once)."""
-        index = self._advance(now)
+        if now >= self._edge:  # a later bucket (a float compare: no division on the common path)
+            index = int(now // self._width)
+            if index > self._last:
+                self._slide(index)
+        index = self._last  # the newest bucket (a clock that steps back counts into it too)
         requests = self.requests
-        p = (requests - self._k * self.accepts) / (requests + 1)
-        if p > 0.0 and random() < p:
+        excess = requests - self._k * self.accepts
+        if excess > 0.0 and random() < excess / (requests + 1):  # p > 0 only then: no draw else
             self._req[index % self._n] += 1
             self.requests = requests + 1
             self.rejected += 1
@@ -133,21 +145,25 @@ class ThrottleCore:
         self.admitted += 1
         return index
 
+    def accept(self, ticket: int) -> None:
+        """The backend accepted the call admitted with ``ticket``: a request and an accept."""
+        self.accepted += 1
+        if ticket > self._last - self._n:  # its bucket has not slid out of the window
+            slot = ticket % self._n
+            self._acc[slot] += 1
+            self._req[slot] += 1
+            self.accepts += 1
+            self.requests += 1
+
     def record(self, ticket: int, outcome: Outcome) -> None:
-        """The outcome of the call admitted with ``ticket``: success is a request and an accept,
-        failure a request the backend refused, neutral no request at all."""
-        if outcome is _NEUTRAL:
-            self.neutral += 1
-            return
-        live = ticket > self._last - self._n  # its bucket has not slid out of the window
-        slot = ticket % self._n
+        """The outcome of the call admitted with ``ticket``: success is a request and an accept
+        (:meth:`accept`), failure a request the backend refused, neutral no request at all."""
         if outcome is _SUCCESS:
-            self.accepted += 1
-            if live:
-                self._acc[slot] += 1
-                self.accepts += 1
+            self.accept(ticket)
+        elif outcome is _NEUTRAL:
+            self.neutral += 1
         else:
             self.refused += 1
-        if live:
-            self._req[slot] += 1
-            self.requests += 1
+            if ticket > self._last - self._n:
+                self._req[ticket % self._n] += 1
+                self.requests += 1
