@@ -56,6 +56,7 @@ async def test_three_idioms_and_statistics(backend_name: str) -> None:
     assert (stats.admitted, stats.samples, stats.drops, stats.ignored) == (5, 5, 0, 0)
     assert (stats.limit, stats.inflight, stats.queued, stats.algorithm) == (4, 0, 0, "gradient2")
     assert "limit=4 [1..1000]" in repr(limiter)
+    assert (limiter.name, limiter.max_queue, limiter.max_wait) == ("db", 0, math.inf)
 
 
 async def test_uncontended_paths_do_not_checkpoint(backend_name: str) -> None:

@@ -200,7 +200,9 @@ async def test_refusals_raise_throttled_and_tell_listeners(
 
     events: RecordingListener[Event] = RecordingListener()
     draws = Scripted()
-    throttle = AdaptiveThrottle("api", rng=draws, listeners=[broken, events])
+    throttle = AdaptiveThrottle("api", rng=draws, listeners=[broken])
+    throttle.add_listener(events)
+    assert throttle.name == "api"
     for _ in range(20):
         with pytest.raises(Overloaded):
             await throttle.call(_raise, Overloaded())
@@ -217,11 +219,17 @@ async def test_refusals_raise_throttled_and_tell_listeners(
     )
     assert "listener bug" in caplog.text
     assert "throttled" in str(info.value)
+    with pytest.raises(Throttled):
+        throttle.acquire()  # the manual path refuses too
+    async with anyio.create_task_group():  # and the block form, before the block runs
+        with pytest.raises(Throttled):
+            async with throttle:
+                raise AssertionError("not reached")
     throttle.remove_listener(broken)
     throttle.reset()
     assert throttle.probability() == 0.0
     assert await throttle.call(_value, 1) == 1
-    assert throttle.statistics().rejected == 3  # the lifetime counters stay
+    assert throttle.statistics().rejected == 5  # the lifetime counters stay
 
 
 async def test_permits_end_exactly_once(backend_name: str) -> None:
