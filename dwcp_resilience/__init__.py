@@ -22,11 +22,13 @@ from .core.context import (
 from .core.errors import (
     BulkheadFull,
     CircuitOpen,
+    ConcurrencyLimited,
     DeadlineExceeded,
     NotCallable,
     RateLimited,
     Rejected,
     ResilienceError,
+    Throttled,
 )
 from .core.events import (
     Event,
@@ -88,6 +90,17 @@ from .policies.chaos import (
     LatencyFault,
     ResultFault,
 )
+from .policies.concurrency import (
+    AIMD,
+    AdaptiveConcurrencyLimiter,
+    ConcurrencyLimitChanged,
+    ConcurrencyLimiterOptions,
+    ConcurrencyLimiterStatistics,
+    ConcurrencyPermit,
+    ConcurrencyRejected,
+    Gradient2,
+    LimitAlgorithm,
+)
 from .policies.keyed import (
     KeyedRateLimiter,
     KeyedRateLimiterStatistics,
@@ -111,6 +124,13 @@ from .policies.retry import (
 from .policies.retry_budget import (
     RetryBudget,
     RetryBudgetStatistics,
+)
+from .policies.throttle import (
+    AdaptiveThrottle,
+    ThrottleOptions,
+    ThrottlePermit,
+    ThrottleRejected,
+    ThrottleStatistics,
 )
 from .policies.timeout import (
     Timeout,
@@ -169,8 +189,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0+unknown"
 
 __all__ = (
+    "AIMD",
+    "AdaptiveConcurrencyLimiter",
     "AdaptiveRateLimiter",
     "AdaptiveRateLimiterStatistics",
+    "AdaptiveThrottle",
     "Attempt",
     "Backoff",
     "BreakerOptions",
@@ -193,6 +216,12 @@ __all__ = (
     "Classifier",
     "Clock",
     "CompositeCheck",
+    "ConcurrencyLimitChanged",
+    "ConcurrencyLimited",
+    "ConcurrencyLimiterOptions",
+    "ConcurrencyLimiterStatistics",
+    "ConcurrencyPermit",
+    "ConcurrencyRejected",
     "ConstantBackoff",
     "CountWindow",
     "DeadlineExceeded",
@@ -213,6 +242,7 @@ __all__ = (
     "ExponentialBackoff",
     "FeatureFlags",
     "FibonacciBackoff",
+    "Gradient2",
     "HealthChanged",
     "HealthCheck",
     "HealthMonitor",
@@ -228,6 +258,7 @@ __all__ = (
     "LatencyBudgetStatistics",
     "LatencyFault",
     "LevelChanged",
+    "LimitAlgorithm",
     "LinearBackoff",
     "Listener",
     "Listeners",
@@ -266,6 +297,11 @@ __all__ = (
     "TRANSIENT_ERRORS",
     "TaskLocalStack",
     "ThresholdCheck",
+    "ThrottleOptions",
+    "ThrottlePermit",
+    "ThrottleRejected",
+    "ThrottleStatistics",
+    "Throttled",
     "TimeWindow",
     "Timeout",
     "WaitableClock",

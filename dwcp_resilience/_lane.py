@@ -25,10 +25,11 @@ and the timeout's :class:`~dwcp_resilience.policies.timeout.Sweeper` (``open``/`
 
 It runs on asyncio and uvloop (trio takes the chain), and only when the manager and the limiter
 read the loop's clock, every policy is fusable (the library's own classes, no subclass overriding
-``call``, no per-breaker timeout) and there is no chaos, adaptive limiter, retry budget or retry
-``total_timeout``; any other stack is the plain compiled chain. The Hypothesis equivalence test of
-the manager against hand-chained policies (``tests/test_fused.py``) covers both paths, deadlines
-included.
+``call``, no per-breaker timeout) and there is no chaos, adaptive rate limiter, adaptive throttle,
+adaptive concurrency limiter, retry budget or retry ``total_timeout``; any other stack is the plain
+compiled chain (which runs every component: the lane declines a stack, it never drops a part). The
+Hypothesis equivalence test of the manager against hand-chained policies (``tests/test_fused.py``)
+covers both paths, deadlines included.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def lane_for(operation: str, components: Components, counts: Counts, clock: Cloc
     c = components
     if clock is not loop_time or c.chaos is not None:
         return None
+    if c.throttle is not None or c.concurrency is not None:
+        return None  # no admission of theirs in the lane: the chain runs them
     if c.bulkhead is not None and admission_of(c.bulkhead) is None:
         return None
     if c.retry is not None and (type(c.retry).call is not Retry.call or not c.retry._plain):

@@ -23,8 +23,10 @@ from .policies.adaptive import AdaptiveRateLimiter
 from .policies.breaker import CircuitBreaker
 from .policies.bulkhead import Bulkhead
 from .policies.chaos import Chaos
+from .policies.concurrency import AdaptiveConcurrencyLimiter
 from .policies.ratelimit import RateLimiter
 from .policies.retry import Retry
+from .policies.throttle import AdaptiveThrottle
 from .policies.timeout import Timeout
 from .slo.error_budget import ErrorBudget
 from .slo.latency_budget import LatencyBudget
@@ -45,6 +47,8 @@ class Components:
     bulkhead: Bulkhead | None = None
     retry: Retry | None = None
     breaker: CircuitBreaker | None = None
+    throttle: AdaptiveThrottle | None = None
+    concurrency: AdaptiveConcurrencyLimiter | None = None
     limiter: RateLimiter | AdaptiveRateLimiter | None = None
     timeout: Timeout | None = None
     chaos: Chaos | None = None
@@ -60,6 +64,8 @@ class Components:
                 ("bulkhead", self.bulkhead),
                 ("retry", self.retry),
                 ("circuit_breaker", self.breaker),
+                ("adaptive_throttle", self.throttle),
+                ("adaptive_concurrency", self.concurrency),
                 ("rate_limiter", self.limiter),
                 ("timeout", self.timeout),
                 ("chaos", self.chaos),

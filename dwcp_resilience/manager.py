@@ -3,7 +3,8 @@
 The manager holds no policy logic. It keeps, per operation name, at most one policy of each kind and
 runs ``await rm.execute_with_all_protections(ctx, op)`` through them in this order, outermost first::
 
-    [deadline] -> bulkhead -> retry -> circuit breaker -> rate limiter -> attempt timeout -> chaos -> op
+    [deadline] -> bulkhead -> retry -> circuit breaker -> adaptive throttle -> adaptive concurrency
+        -> rate limiter -> attempt timeout -> chaos -> op
 
 then records the outcome to the operation's error budget and its latency to its latency budget.
 
@@ -13,9 +14,13 @@ then records the outcome to the operation's error budget and its latency to its 
   fires the caller gets :class:`~dwcp_resilience.DeadlineExceeded`. (DESIGN.md draws the deadline
   inside the bulkhead; a caller's deadline that a queue wait could overrun would not bound "the whole
   run", so the scope starts first. The bulkhead still comes before any attempt.)
-- Every attempt passes the breaker (so it sees each one), then spends a token (only attempts that may
-  reach the wire do), then gets its own timeout; chaos is innermost, so injected faults flow through
-  the breaker and retry like real ones.
+- Every attempt passes the breaker (so it sees each one), then the adaptive throttle (an attempt the
+  breaker refused never counts as a request to the backend, and a local throttling is no breaker
+  failure), then the adaptive concurrency limiter (its samples are single attempts, timed without
+  the throttle's or breaker's decisions), then spends a token (only attempts that may reach the wire
+  do), then gets its own timeout; chaos is innermost, so injected faults flow through the breaker,
+  the adaptive policies and retry like real ones. A stack with an adaptive throttle or concurrency
+  limiter runs the policies' own ``call`` chain (not the fast lane).
 - A missing component means no protection of that kind, never "skip the call".
 - The real result, or the real exception, always reaches the caller.
 - Outcomes recorded per operation: ``success``, ``failure``, ``rejected`` (one of our
@@ -52,8 +57,10 @@ from .policies.backoff import ExponentialBackoff
 from .policies.breaker import BreakerOptions, CircuitBreaker
 from .policies.bulkhead import Bulkhead
 from .policies.chaos import Chaos
+from .policies.concurrency import AdaptiveConcurrencyLimiter, ConcurrencyLimiterOptions
 from .policies.ratelimit import RateLimiter
 from .policies.retry import Retry, RetryOptions
+from .policies.throttle import AdaptiveThrottle, ThrottleOptions
 from .policies.timeout import Timeout
 from .slo.degradation import DegradationManager
 from .slo.error_budget import ErrorBudget, ErrorBudgetOptions
@@ -202,6 +209,10 @@ class ResilienceManager:
                 changes["retry"] = policy
             elif isinstance(policy, CircuitBreaker):
                 changes["breaker"] = policy
+            elif isinstance(policy, AdaptiveThrottle):
+                changes["throttle"] = policy
+            elif isinstance(policy, AdaptiveConcurrencyLimiter):
+                changes["concurrency"] = policy
             elif isinstance(policy, RateLimiter | AdaptiveRateLimiter):
                 changes["limiter"] = policy
             elif isinstance(policy, Timeout):
@@ -299,6 +310,24 @@ class ResilienceManager:
             clock=self._clock,
         )
         self._update(name, limiter=limiter)
+        return limiter
+
+    def register_adaptive_throttle(
+        self, name: str, k: float = 2.0, window: float = 120.0, **options: Unpack[ThrottleOptions]
+    ) -> AdaptiveThrottle:
+        """Register client-side throttling for ``name`` (arguments as
+        :class:`~dwcp_resilience.AdaptiveThrottle`'s; it reads the manager's clock)."""
+        throttle = AdaptiveThrottle(name, k=k, window=window, clock=self._clock, **options)
+        self._update(name, throttle=throttle)
+        return throttle
+
+    def register_adaptive_concurrency_limiter(
+        self, name: str, **options: Unpack[ConcurrencyLimiterOptions]
+    ) -> AdaptiveConcurrencyLimiter:
+        """Register an adaptive concurrency limit for ``name`` (arguments as
+        :class:`~dwcp_resilience.AdaptiveConcurrencyLimiter`'s; it reads the manager's clock)."""
+        limiter = AdaptiveConcurrencyLimiter(name, clock=self._clock, **options)
+        self._update(name, concurrency=limiter)
         return limiter
 
     def register_bulkhead(
@@ -441,10 +470,12 @@ class ResilienceManager:
         if c.retry is not None:
             backoff_total = c.retry.max_retries * c.retry.backoff.max_delay
         wait = 0.0
-        if c.bulkhead is not None:
-            max_wait = c.bulkhead.max_wait
-            wait = _INF if max_wait is None and c.bulkhead.max_queue > 0 else (max_wait or 0.0)
-        latency = wait + attempts * attempt_timeout + backoff_total
+        if c.bulkhead is not None and c.bulkhead.max_queue > 0:
+            wait = c.bulkhead.max_wait  # inf when unbounded
+        queue_wait = 0.0  # per attempt: the adaptive limiter sits inside the retry
+        if c.concurrency is not None and c.concurrency.max_queue > 0:
+            queue_wait = c.concurrency.max_wait
+        latency = wait + attempts * (queue_wait + attempt_timeout) + backoff_total
         latency = min(latency, deadline)
         layers = tuple(kind for kind, _ in c.layers())
         if c.deadline is not None:

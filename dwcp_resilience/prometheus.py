@@ -19,7 +19,10 @@ Notes:
 - Families beyond Go's 27 (see :data:`FAMILIES`): ``circuit_breaker_failure_rate``,
   ``circuit_breaker_slow_call_rate``, ``retry_budget_*``, ``rate_limiter_keys``,
   ``error_budget_objective``/``requests_total``/``failures_total``/``burn_rate``,
-  ``latency_budget_target_seconds``, ``degradation_*``, ``chaos_*``, and
+  ``latency_budget_target_seconds``, ``degradation_*``, ``chaos_*``, ``adaptive_concurrency_*``
+  (the current limit, in flight, queued, admitted, rejected by reason, window and baseline latency,
+  probes, wait histogram), ``adaptive_throttle_*`` (rejection probability, window requests and
+  accepts, allowed, rejected, outcomes), and
   ``operation_requests_total{manager, operation, result}`` for a tracked ``ResilienceManager``,
   and ``fleet_*`` for the Redis fleet primitives (``fleet_shared_state{kind, name}``,
   ``fleet_fallbacks_total``, ``fleet_members{kind, name}``, ``fleet_rate_limiter_*``,

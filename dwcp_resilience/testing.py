@@ -12,6 +12,8 @@
 - :func:`reset_policies`: give module-level policies a clean state (the pytest plugin's
   ``resilience_reset`` marker calls it before each marked test).
 - :class:`RecordingListener`: a listener that keeps every event it receives.
+- :class:`KneeBackend`: a simulated backend whose latency grows past a concurrency knee, to test an
+  adaptive concurrency limit (or any limit) in virtual time.
 
 looptime (the ``testing`` extra), trio and uvloop are imported only when the helper that needs them
 is called. The pytest plugin (:mod:`dwcp_resilience.pytest_plugin`) builds on these helpers.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -30,6 +33,7 @@ from .core.events import Event
 __all__ = (
     "FakeClock",
     "FakeClockStalled",
+    "KneeBackend",
     "RecordingListener",
     "Resettable",
     "anyio_backends",
@@ -201,6 +205,70 @@ class RecordingListener(Generic[E]):
 
     def clear(self) -> None:
         self.events.clear()
+
+
+class KneeBackend:
+    """A simulated backend: ``knee`` calls at once take ``base_latency`` each; above the knee they
+    share it, so a call started with ``n`` calls in flight (itself included) takes
+    ``base_latency * n / knee``, queueing-like growth.
+
+    ``await backend()`` sleeps for that latency (on the running loop's clock: virtual time under
+    looptime or trio's ``MockClock``) and returns it. Each call's latency is scaled by a uniform
+    factor in ``[1 - jitter, 1 + jitter]`` drawn from ``rng``.
+
+    :ivar inflight: calls in flight now.
+    :ivar peak: the most calls ever in flight at once.
+    :ivar samples: ``(end time, latency)`` of every call that completed.
+
+    Raises:
+        ValueError: if ``knee`` < 1, ``base_latency`` <= 0 or ``jitter`` outside ``[0, 1)``.
+    """
+
+    def __init__(
+        self,
+        knee: int,
+        base_latency: float,
+        *,
+        jitter: float = 0.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if knee < 1 or not base_latency > 0 or not 0 <= jitter < 1:
+            raise ValueError("need knee >= 1, base_latency > 0 and 0 <= jitter < 1")
+        self.knee = knee
+        self.base_latency = base_latency
+        self.jitter = jitter
+        self._rng = random.Random(0) if rng is None else rng
+        self.inflight = 0
+        self.peak = 0
+        self.samples: list[tuple[float, float]] = []
+
+    def latency(self, inflight: int) -> float:
+        """The latency of a call that starts with ``inflight`` calls in flight (itself included),
+        before jitter."""
+        return self.base_latency * max(1.0, inflight / self.knee)
+
+    async def __call__(self) -> float:
+        import anyio  # noqa: PLC0415
+
+        self.inflight += 1
+        self.peak = max(self.peak, self.inflight)
+        latency = self.latency(self.inflight)
+        if self.jitter:
+            latency *= self._rng.uniform(1.0 - self.jitter, 1.0 + self.jitter)
+        try:
+            await anyio.sleep(latency)
+        finally:
+            self.inflight -= 1
+        self.samples.append((anyio.current_time(), latency))
+        return latency
+
+    def p99(self, since: float = -math.inf) -> float:
+        """The 99th percentile latency of the calls that ended at ``since`` or later (nearest rank;
+        NaN when none did)."""
+        ordered = sorted(latency for end, latency in self.samples if end >= since)
+        if not ordered:
+            return math.nan
+        return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
 
 
 class Resettable(Protocol):

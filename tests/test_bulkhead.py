@@ -339,3 +339,37 @@ def test_decorator_refuses_sync_functions() -> None:
 
     with pytest.raises(TypeError, match="async def"):
         bulkhead(sync)  # type: ignore[arg-type]
+
+
+@pytest.mark.virtual_time
+async def test_resize_admits_waiters_oldest_first_and_a_shrink_interrupts_nothing(
+    backend_name: str,
+) -> None:
+    bulkhead = Bulkhead("b", max_concurrent=2, max_queue=10)
+    probe = Probe(4)
+    started: list[int] = []
+
+    async def worker(i: int) -> None:
+        async with bulkhead:
+            started.append(i)
+            await probe.run(1.0)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(6):
+            tg.start_soon(worker, i)
+            await anyio.sleep(0.01)  # a known arrival order
+        await anyio.sleep(0.1)
+        assert started == [0, 1] and bulkhead.queued == 4
+        bulkhead.resize(4)  # two more at once, the oldest waiters (woken together: any order)
+        await anyio.sleep(0.1)
+        assert started[:2] == [0, 1] and sorted(started) == [0, 1, 2, 3]
+        assert bulkhead.max_concurrent == 4
+        bulkhead.resize(1)  # the four running calls finish; then one at a time
+        assert bulkhead.statistics().concurrent == 4 and bulkhead.available == 0
+        assert "4/1 in use" in repr(bulkhead)
+        await anyio.sleep(0.85)  # t=1.1: 0 and 1 ended, both permits retired, nobody admitted
+        assert len(started) == 4
+        await anyio.sleep(0.1)  # t=1.2: 2 and 3 ended, one permit retired, one for 4
+        assert started[4:] == [4]
+    assert started[4:] == [4, 5]
+    assert bulkhead.available == 1 and probe.max_seen == 4

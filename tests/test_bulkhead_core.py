@@ -40,6 +40,8 @@ class BulkheadMachine(RuleBasedStateMachine):
             assert permit.state == HANDED
             assert permit in self.waiters
             self.admission_order.append(self.enqueue_order[id(permit)])
+            # handed over only into room under the (possibly shrunk) count
+            assert self.core.running + self.core.reserved <= self.cap
 
     @rule()
     def enter(self) -> None:
@@ -60,7 +62,7 @@ class BulkheadMachine(RuleBasedStateMachine):
         self.attempts += 1
         free_before = self.cap - self.core.running - self.core.reserved
         ok = self.core.try_enter()
-        assert ok == (free_before > 0)  # K2
+        assert ok == (free_before > 0)  # K2 (free_before < 0 after a shrink: owed permits)
         if ok:
             self.fast_running += 1
         else:
@@ -101,11 +103,24 @@ class BulkheadMachine(RuleBasedStateMachine):
         assert permit.state == ABANDONED  # K5: never runs afterwards
         assert self.core.abandon(permit) is None  # exactly once
 
+    @rule(size=st.integers(1, 6))
+    def resize(self, size: int) -> None:
+        """K8: the count moves while calls run; new permits go to the oldest waiters first."""
+        in_use = self.core.running + self.core.reserved
+        waiting = self.core.queued
+        self.cap = size
+        woken = self.core.resize(size)
+        assert self.core.max_concurrent == size
+        assert len(woken) == min(waiting, max(0, size - in_use))
+        for permit in woken:
+            self._woken(permit)
+
     @invariant()
     def bounds(self) -> None:  # K1
         core = self.core
-        assert 0 <= core.running <= self.cap
-        assert 0 <= core.running + core.reserved <= self.cap
+        assert core.running >= 0
+        assert core.running + core.reserved >= 0
+        assert core.available == max(0, self.cap - core.running - core.reserved)
         assert 0 <= core.queued <= self.qcap
         assert core.running == self.fast_running + len(self.running)
         assert core.reserved == sum(p.state == HANDED for p in self.waiters)
@@ -115,6 +130,7 @@ class BulkheadMachine(RuleBasedStateMachine):
     def no_idle_capacity(self) -> None:  # K3
         if self.core.queued > 0:
             assert self.core.available == 0
+            assert self.core.running + self.core.reserved >= self.cap
 
     @invariant()
     def fifo(self) -> None:  # K6
@@ -141,7 +157,7 @@ class BulkheadMachine(RuleBasedStateMachine):
                 else:
                     self.abandon(0, False)
         assert (core.running, core.queued, core.reserved) == (0, 0, 0)
-        assert core.available == self.cap
+        assert core.available == self.cap == core.max_concurrent
 
 
 BulkheadMachine.TestCase.settings = settings(
@@ -184,6 +200,27 @@ def test_timed_out_waiter_never_gets_a_permit() -> None:
         core.abandon(permit, timed_out=True)
     assert core.release() is None
     assert core.available == 1 and core.timed_out == 3  # failsafe#393: no grant to the abandoned
+
+
+def test_a_shrink_retires_permits_as_calls_end_and_a_grow_hands_them_on() -> None:
+    core = BulkheadCore(3, 5)
+    assert all(core.try_enter() for _ in range(3))
+    waiters = [core.enqueue() for _ in range(2)]
+    assert core.resize(1) == []
+    assert (core.available, core.running) == (0, 3)
+    assert core.release() is None and core.release() is None  # two owed permits retired
+    assert core.running == 1 and not core.try_enter()
+    assert core.resize(2) == [waiters[0]]  # the new permit goes to the oldest waiter
+    assert core.resize(4) == [waiters[1]]  # and the next; one more is free
+    assert core.available == 1
+
+
+@pytest.mark.parametrize(("size", "error"), [(0, ValueError), (True, TypeError), (2.0, TypeError)])
+def test_resize_refuses_bad_counts(size: object, error: type[Exception]) -> None:
+    core = BulkheadCore(2)
+    with pytest.raises(error, match="max_concurrent"):
+        core.resize(size)  # type: ignore[arg-type]
+    assert core.max_concurrent == 2
 
 
 def test_dead_entries_are_compacted() -> None:

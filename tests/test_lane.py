@@ -12,7 +12,9 @@ import pytest
 from conftest import LaneFallbacks
 
 from dwcp_resilience import (
+    AdaptiveConcurrencyLimiter,
     AdaptiveRateLimiter,
+    AdaptiveThrottle,
     BreakerState,
     Bulkhead,
     Chaos,
@@ -79,14 +81,36 @@ def test_the_dwcp_clients_send_takes_the_lane() -> None:
         ),
         Retry("r", total_timeout=5.0),
         Retry("r", retry_on_result=lambda result: result is None),
+        AdaptiveThrottle("at"),
+        AdaptiveConcurrencyLimiter("ac"),
     ],
     ids=repr,
 )
 def test_a_stack_the_lane_cannot_run_as_written_takes_the_chain(policy: object) -> None:
     """Chaos, a subclass with its own ``call``, a per-breaker timeout, a limiter on an injected
-    clock, an adaptive limiter, a retry with a deadline of its own: the plain compiled chain."""
-    stack = _stack_of(*_usual()[:2], policy)
+    clock, an adaptive rate limiter, a retry with a deadline of its own, an adaptive throttle or
+    concurrency limiter: the plain compiled chain, which keeps every component."""
+    stack = _stack_of(*_usual(), policy)
     assert not isinstance(stack, _LaneStack)
+    assert policy in [p for _, p in stack.components.layers()]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", [AdaptiveThrottle, AdaptiveConcurrencyLimiter])
+async def test_a_stack_with_an_adaptive_policy_runs_it_on_every_call(
+    kind: type[Any], backend_name: str
+) -> None:
+    """The lane declines the stack rather than drop the component: every call goes through it."""
+    policy = kind("adaptive")
+    rm = ResilienceManager("m")
+    rm.register("op", *_usual(), policy)
+
+    async def op(ctx: OperationContext) -> str:
+        return "ok"
+
+    for _ in range(3):
+        assert await rm.execute_with_all_protections("op", op) == "ok"
+    stats = policy.statistics()
+    assert (stats.accepted if kind is AdaptiveThrottle else stats.samples) == 3
 
 
 @pytest.mark.parametrize(

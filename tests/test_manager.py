@@ -12,10 +12,14 @@ import anyio.lowlevel
 import pytest
 
 from dwcp_resilience import (
+    AIMD,
+    AdaptiveConcurrencyLimiter,
+    AdaptiveThrottle,
     BulkheadFull,
     CircuitOpen,
     DeadlineExceeded,
     OperationContext,
+    RateLimited,
     Timeout,
 )
 from dwcp_resilience.manager import (
@@ -32,6 +36,7 @@ from dwcp_resilience.policies.chaos import Chaos
 from dwcp_resilience.policies.ratelimit import RateLimiter
 from dwcp_resilience.policies.retry import Retry
 from dwcp_resilience.slo.checks import PingCheck
+from dwcp_resilience.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -62,6 +67,8 @@ async def test_order_is_the_documented_one(anyio_backend: Any) -> None:
         _recording(Chaos, log, "chaos")("chaos", rate=0.0),
         _recording(Timeout, log, "timeout")(5.0),
         _recording(RateLimiter, log, "rate_limiter")("rl", rate=1000, burst=10),
+        _recording(AdaptiveConcurrencyLimiter, log, "adaptive_concurrency")("ac"),
+        _recording(AdaptiveThrottle, log, "adaptive_throttle")("at"),
         _recording(CircuitBreaker, log, "circuit_breaker")("cb"),
         _recording(Retry, log, "retry")("r", max_retries=1, backoff=ConstantBackoff(0.0)),
         _recording(Bulkhead, log, "bulkhead")("bh", max_concurrent=2),
@@ -76,6 +83,8 @@ async def test_order_is_the_documented_one(anyio_backend: Any) -> None:
         "bulkhead",
         "retry",
         "circuit_breaker",
+        "adaptive_throttle",
+        "adaptive_concurrency",
         "rate_limiter",
         "timeout",
         "chaos",
@@ -85,10 +94,73 @@ async def test_order_is_the_documented_one(anyio_backend: Any) -> None:
         "bulkhead",
         "retry",
         "circuit_breaker",
+        "adaptive_throttle",
+        "adaptive_concurrency",
         "rate_limiter",
         "timeout",
         "chaos",
     )
+
+
+class NeverRefuses(random.Random):
+    """Draws that never fall under a throttle's probability (below 1): it lets every call through,
+    and still counts."""
+
+    def random(self) -> float:
+        return 1.0 - 1e-12
+
+
+async def test_the_adaptive_policies_see_each_attempt_and_stay_out_of_the_breaker(
+    anyio_backend: Any,
+) -> None:
+    """Inside the retry: each attempt is a throttle request and a concurrency sample. Outside the
+    rate limiter: its refusal is no request to the backend and no sample. The breaker, outside
+    both, counts a throttle's refusal as no failure."""
+    rm = ResilienceManager("m")
+    rm.register_retry_policy("op", 2, 0.0, 0.0, 1.0, False, retry_on=Boom)
+    breaker = rm.register_circuit_breaker("op", max_failures=10)
+    throttle = rm.register_adaptive_throttle("op", failure=Boom, rng=NeverRefuses())
+    limiter = rm.register_adaptive_concurrency_limiter("op", initial_limit=5, failure=Boom)
+    rm.register_rate_limiter("op", 1.0, 4, max_wait=0.0)
+    calls = 0
+
+    async def flaky(ctx: OperationContext) -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise Boom("down")
+        return "up"
+
+    assert await rm.execute_with_all_protections("op", flaky) == "up"  # 3 attempts, 3 tokens
+    throttled = throttle.statistics()
+    assert (throttled.requests, throttled.accepts) == (3, 1)
+    sampled = limiter.statistics()
+    assert (sampled.samples, sampled.drops) == (3, 2)
+    await rm.execute_with_all_protections("op", flaky)  # the 4th token
+    with pytest.raises(RateLimited):  # no token: inside the throttle and the limiter
+        await rm.execute_with_all_protections("op", flaky)
+    assert throttle.statistics().neutral == 1 and limiter.statistics().ignored == 1
+    assert breaker.statistics().failures == 2
+    assert breaker.statistics().ignored == 1  # the inner rejection
+
+
+def test_register_the_adaptive_policies_on_the_managers_clock() -> None:
+    clock = FakeClock(100.0)
+    rm = ResilienceManager("m", clock=clock)
+    throttle = rm.register_adaptive_throttle("op", k=1.5, window=60.0, buckets=6)
+    limiter = rm.register_adaptive_concurrency_limiter(
+        "op", algorithm=AIMD(latency_threshold=0.5), initial_limit=3, max_queue=2, max_wait=1.5
+    )
+    assert rm.components("op") == {"adaptive_throttle": throttle, "adaptive_concurrency": limiter}
+    assert (throttle.k, throttle.window, limiter.limit) == (1.5, 60.0, 3)
+    assert throttle.statistics().window == 60.0
+    rm.register_timeout("op", 2.0)
+    rm.register_retry_policy("op", 1)
+    # two attempts, each may wait 1.5 s for a permit, then run 2.0 s; one backoff
+    assert rm.describe("op").worst_case_latency == pytest.approx(2 * (1.5 + 2.0) + 10.0)
+    other = ResilienceManager("n")
+    other.register("op", AdaptiveThrottle("t"), AdaptiveConcurrencyLimiter("c"))
+    assert list(other.components("op")) == ["adaptive_throttle", "adaptive_concurrency"]
 
 
 async def test_each_attempt_passes_the_breaker_and_spends_a_token(anyio_backend: Any) -> None:

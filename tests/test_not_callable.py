@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from dwcp_resilience import (
+    AdaptiveConcurrencyLimiter,
+    AdaptiveThrottle,
     Bulkhead,
     Chaos,
     CircuitBreaker,
@@ -69,6 +71,8 @@ def entry_points() -> dict[str, Callable[[object], Awaitable[object]]]:
         ).call,  # type: ignore[dict-item]
         "KeyedRateLimiter": lambda fn: keyed.call("key", fn),  # type: ignore[arg-type]
         "Bulkhead": Bulkhead("h", max_concurrent=1).call,  # type: ignore[dict-item]
+        "AdaptiveConcurrencyLimiter": AdaptiveConcurrencyLimiter("ac").call,  # type: ignore[dict-item]
+        "AdaptiveThrottle": AdaptiveThrottle("at").call,  # type: ignore[dict-item]
         "Timeout": Timeout(1.0).call,  # type: ignore[dict-item]
         "Chaos": Chaos("c", rate=0.0).call,  # type: ignore[dict-item]
         "LoadShedder": LoadShedder("s", max_load=1.0).call,  # type: ignore[dict-item]
@@ -102,6 +106,8 @@ def test_every_decorator_refuses_a_coroutine_object_at_decoration() -> None:
         Retry("r"),
         RateLimiter("l", rate=10, burst=2),
         Bulkhead("h", max_concurrent=1),
+        AdaptiveConcurrencyLimiter("ac"),
+        AdaptiveThrottle("at"),
         Timeout(1.0),
         Chaos("c", rate=0.0),
         Pipeline(Retry("pr"), CircuitBreaker("pb"), name="p"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import urllib.error
 import urllib.request
 from typing import Any
@@ -21,16 +22,18 @@ from helpers import Samples, names, parse, value
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, generate_latest
 
 from dwcp_resilience._metrics._readers import Sink, duration_label  # white-box tests below
-from dwcp_resilience.core.errors import BulkheadFull, CircuitOpen
+from dwcp_resilience.core.errors import BulkheadFull, CircuitOpen, ConcurrencyLimited, Throttled
 from dwcp_resilience.manager import ResilienceManager
 from dwcp_resilience.policies.backoff import ExponentialBackoff
 from dwcp_resilience.policies.breaker import CircuitBreaker
 from dwcp_resilience.policies.bulkhead import Bulkhead
 from dwcp_resilience.policies.chaos import Chaos, ErrorFault
+from dwcp_resilience.policies.concurrency import AIMD, AdaptiveConcurrencyLimiter
 from dwcp_resilience.policies.keyed import KeyedRateLimiter
 from dwcp_resilience.policies.ratelimit import RateLimiter
 from dwcp_resilience.policies.retry import Retry
 from dwcp_resilience.policies.retry_budget import RetryBudget
+from dwcp_resilience.policies.throttle import AdaptiveThrottle
 from dwcp_resilience.prometheus import (
     FAMILIES,
     GO_FAMILIES,
@@ -88,6 +91,13 @@ async def boom() -> None:
     raise OSError("boom")
 
 
+class AlwaysDrawsZero(random.Random):
+    """A throttle's draws: 0.0 refuses whenever the probability is above 0."""
+
+    def random(self) -> float:
+        return 0.0
+
+
 class Traffic:
     """Every primitive, tracked, and the traffic each Go metric should see (with its oracle)."""
 
@@ -119,12 +129,20 @@ class Traffic:
         self.latency = collector.track(LatencyBudget("send", target=0.1))
         self.degradation = collector.track(DegradationManager("rm-degradation"))
         self.chaos = collector.track(Chaos("chaos", rate=1.0, faults=[ErrorFault()], rng=1))
+        self.adaptive = collector.track(
+            AdaptiveConcurrencyLimiter("adaptive-pool", algorithm=AIMD(latency_threshold=60.0),
+                                       initial_limit=1, max_limit=1, window=0.0, min_samples=1)
+        )  # fmt: skip
+        self.throttle = collector.track(AdaptiveThrottle("api-throttle", rng=AlwaysDrawsZero()))
         self.manager = collector.track_manager(ResilienceManager("rm"))
         self.manager.register_timeout("op", 10.0)
         self.release = anyio.Event()
 
     async def hold(self) -> None:
         await self.bulkhead.call(self.release.wait)
+
+    async def hold_adaptive(self) -> None:
+        await self.adaptive.call(self.release.wait)
 
     async def run(self, tg: anyio.abc.TaskGroup) -> None:
         """All traffic except releasing the bulkhead (so its gauges are non-zero when scraped)."""
@@ -171,6 +189,22 @@ class Traffic:
         with pytest.raises(Exception, match="chaos"):
             await self.chaos.call(ok)
         assert await self.manager.execute_with_all_protections("op", lambda ctx: ok()) == "ok"
+        # adaptive concurrency (limit 1): one call, one held, one refused.
+        await self.adaptive.call(ok)
+        tg.start_soon(self.hold_adaptive)
+        for _ in range(1000):
+            if self.adaptive.inflight:
+                break
+            await anyio.lowlevel.checkpoint()
+        with pytest.raises(ConcurrencyLimited):
+            await self.adaptive.call(ok)
+        # adaptive throttle: an accept, two refusals by the backend, then p = (3 - 2) / 4: refused.
+        await self.throttle.call(ok)
+        for _ in range(2):
+            with pytest.raises(OSError):
+                await self.throttle.call(boom)
+        with pytest.raises(Throttled):
+            await self.throttle.call(ok)
 
 
 # Each Go family: the samples that the traffic above must have changed, as (labels, before, after).
@@ -241,6 +275,27 @@ EXPECTED_EXTRA: dict[str, list[tuple[dict[str, str], float]]] = {
     "dwcp_operation_requests_total": [
         ({"manager": "rm", "operation": "op", "result": "success"}, 1),
         ({"manager": "rm", "operation": "op", "result": "rejected"}, 0),
+    ],
+    "dwcp_adaptive_concurrency_limit": [({"limiter": "adaptive-pool"}, 1)],
+    "dwcp_adaptive_concurrency_inflight": [({"limiter": "adaptive-pool"}, 1)],
+    "dwcp_adaptive_concurrency_queued": [({"limiter": "adaptive-pool"}, 0)],
+    "dwcp_adaptive_concurrency_admitted_total": [({"limiter": "adaptive-pool"}, 2)],
+    "dwcp_adaptive_concurrency_rejected_total": [
+        ({"limiter": "adaptive-pool", "reason": "full"}, 1),
+        ({"limiter": "adaptive-pool", "reason": "timeout"}, 0),
+    ],
+    "dwcp_adaptive_concurrency_baseline_rtt_seconds": [({"limiter": "adaptive-pool"}, 0)],
+    "dwcp_adaptive_concurrency_probes_total": [({"limiter": "adaptive-pool"}, 0)],
+    "dwcp_adaptive_concurrency_wait_duration_seconds_count": [({"limiter": "adaptive-pool"}, 2)],
+    "dwcp_adaptive_throttle_rejection_probability": [({"throttle": "api-throttle"}, 0.4)],
+    "dwcp_adaptive_throttle_requests": [({"throttle": "api-throttle"}, 4)],
+    "dwcp_adaptive_throttle_accepts": [({"throttle": "api-throttle"}, 1)],
+    "dwcp_adaptive_throttle_allowed_total": [({"throttle": "api-throttle"}, 3)],
+    "dwcp_adaptive_throttle_rejected_total": [({"throttle": "api-throttle"}, 1)],
+    "dwcp_adaptive_throttle_outcomes_total": [
+        ({"throttle": "api-throttle", "result": "accepted"}, 1),
+        ({"throttle": "api-throttle", "result": "refused"}, 2),
+        ({"throttle": "api-throttle", "result": "neutral"}, 0),
     ],
 }
 

@@ -29,17 +29,19 @@ import pytest
 from helpers import real_time_backends
 from prometheus_client import CollectorRegistry
 
-from dwcp_resilience.core.errors import BulkheadFull, CircuitOpen
+from dwcp_resilience.core.errors import BulkheadFull, CircuitOpen, Throttled
 from dwcp_resilience.manager import ResilienceManager
 from dwcp_resilience.ops import dashboard_queries, write_ops
 from dwcp_resilience.policies.backoff import ExponentialBackoff
 from dwcp_resilience.policies.breaker import CircuitBreaker
 from dwcp_resilience.policies.bulkhead import Bulkhead
 from dwcp_resilience.policies.chaos import Chaos, ErrorFault
+from dwcp_resilience.policies.concurrency import AdaptiveConcurrencyLimiter
 from dwcp_resilience.policies.keyed import KeyedRateLimiter
 from dwcp_resilience.policies.ratelimit import RateLimiter
 from dwcp_resilience.policies.retry import Retry
 from dwcp_resilience.policies.retry_budget import RetryBudget
+from dwcp_resilience.policies.throttle import AdaptiveThrottle
 from dwcp_resilience.prometheus import ResilienceCollector, serve_metrics
 from dwcp_resilience.redis import (
     FleetBreaker,
@@ -133,6 +135,8 @@ class App:
         self.latency = track(LatencyBudget("send", target=0.005))
         self.degradation = track(DegradationManager("app-degradation"))
         self.chaos = track(Chaos("chaos", rate=0.5, faults=[ErrorFault()], rng=7))
+        self.adaptive = track(AdaptiveConcurrencyLimiter("adaptive-pool", initial_limit=2))
+        self.throttle = track(AdaptiveThrottle("api-throttle"))
         self.manager = collector.track_manager(ResilienceManager("app"))
         self.manager.register_bulkhead("op", max_concurrent=4)
         self.manager.register_error_budget("op", slo=0.99)
@@ -177,6 +181,9 @@ class App:
         await self.fleet_limiter.try_acquire()
         with contextlib.suppress(OSError):
             await self.manager.execute_with_all_protections("op", self.op)
+        await self.adaptive.call(self.work)
+        with contextlib.suppress(OSError, Throttled):  # refusals by the backend, and local ones
+            await self.throttle.call(ok if self.tick % 3 else boom)
         self.latency.record(0.001 * (self.tick % 10))
 
     async def run(

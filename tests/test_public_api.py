@@ -48,6 +48,8 @@ def test_root_exports_every_public_name_of_public_modules() -> None:
             "validate",
             "ratelimit_core",
             "bulkhead_core",
+            "concurrency_core",
+            "throttle_core",
             "breaker_core",
             "breaker_windows",
             "retry_core",

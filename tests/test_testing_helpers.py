@@ -5,6 +5,8 @@ run_virtual inside a running loop, anyio_backends without trio, RecordingListene
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 import sys
 from typing import Any, assert_type
 
@@ -25,6 +27,7 @@ from dwcp_resilience import (
 from dwcp_resilience.policies.backoff import ConstantBackoff
 from dwcp_resilience.testing import (
     FakeClock,
+    KneeBackend,
     RecordingListener,
     anyio_backends,
     reset_policies,
@@ -195,3 +198,29 @@ def test_recording_listener_of_type_filters_by_the_kind_asked() -> None:
     assert [type(e) for e in listener.events] == [RetryScheduled, RetryGaveUp]
     assert scheduled == listener.events[:1] and gave_up == listener.events[1:]
     assert scheduled[0].delay == 0.0 and gave_up[0].reason  # typed as such (mypy checks it)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_knee_backend_shares_its_capacity_above_the_knee(backend: str) -> None:
+    service = KneeBackend(2, 1.0)
+
+    async def main() -> list[float]:
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):  # the 3rd and 4th start with 3 and 4 in flight
+                tg.start_soon(service)
+        return [latency for _, latency in service.samples]
+
+    assert sorted(run_virtual(main, backend=backend)) == [1.0, 1.0, 1.5, 2.0]
+    assert (service.inflight, service.peak, service.latency(6)) == (0, 4, 3.0)
+    assert service.p99() == 2.0 and service.p99(since=1.9) == 2.0
+    assert math.isnan(service.p99(since=10.0))
+    jittery = KneeBackend(1, 1.0, jitter=0.5, rng=random.Random(3))
+    assert 0.5 <= run_virtual(jittery, backend=backend) <= 1.5
+
+
+@pytest.mark.parametrize(
+    ("knee", "base", "jitter"), [(0, 1.0, 0.0), (1, 0.0, 0.0), (1, math.nan, 0.0), (1, 1.0, 1.0)]
+)
+def test_the_knee_backend_refuses_bad_settings(knee: int, base: float, jitter: float) -> None:
+    with pytest.raises(ValueError, match="knee"):
+        KneeBackend(knee, base, jitter=jitter)

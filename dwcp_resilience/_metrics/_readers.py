@@ -162,6 +162,35 @@ def _bulkhead(s: Any, fold: Fold, out: Sink) -> None:
                   total=s.wait_sum)  # fmt: skip
 
 
+def _concurrency(s: Any, fold: Fold, out: Sink) -> None:
+    limiter = fold("adaptive_concurrency", (s.name,))
+    out.add("adaptive_concurrency_limit", limiter, s.limit)
+    out.add("adaptive_concurrency_inflight", limiter, s.inflight)
+    out.add("adaptive_concurrency_queued", limiter, s.queued)
+    out.add("adaptive_concurrency_admitted_total", limiter, s.admitted)
+    out.add("adaptive_concurrency_rejected_total", (*limiter, "full"), s.rejected_full)
+    out.add("adaptive_concurrency_rejected_total", (*limiter, "timeout"), s.timed_out)
+    out.add("adaptive_concurrency_rtt_seconds", limiter, s.rtt)
+    out.add("adaptive_concurrency_baseline_rtt_seconds", limiter, s.baseline)
+    out.add("adaptive_concurrency_probes_total", limiter, s.probes)
+    pairs = [(bound, count) for bound, count in s.wait_buckets if bound != math.inf]
+    out.histogram("adaptive_concurrency_wait_duration_seconds", limiter,
+                  bounds=[b for b, _ in pairs], cumulative=[c for _, c in pairs],
+                  count=s.wait_count, total=s.wait_sum)  # fmt: skip
+
+
+def _throttle(s: Any, fold: Fold, out: Sink) -> None:
+    throttle = fold("adaptive_throttle", (s.name,))
+    out.add("adaptive_throttle_rejection_probability", throttle, s.probability)
+    out.add("adaptive_throttle_requests", throttle, s.requests)
+    out.add("adaptive_throttle_accepts", throttle, s.accepts)
+    out.add("adaptive_throttle_allowed_total", throttle, s.admitted)
+    out.add("adaptive_throttle_rejected_total", throttle, s.rejected)
+    for result, count in (("accepted", s.accepted), ("refused", s.refused),
+                          ("neutral", s.neutral)):  # fmt: skip
+        out.add("adaptive_throttle_outcomes_total", (*throttle, result), count)
+
+
 def _error_budget(s: Any, fold: Fold, out: Sink) -> None:
     budget = fold("error_budget", (s.name,))
     out.add("error_budget_remaining", budget, s.remaining)
@@ -268,6 +297,8 @@ READERS: dict[str, Reader] = {
     "limiter": _limiter,
     "keyed_limiter": _keyed_limiter,
     "bulkhead": _bulkhead,
+    "adaptive_concurrency": _concurrency,
+    "adaptive_throttle": _throttle,
     "error_budget": _error_budget,
     "latency_budget": _latency_budget,
     "degradation": _degradation,
@@ -288,6 +319,8 @@ _CLASSES = (
     ("dwcp_resilience.policies.ratelimit", "RateLimiter", "limiter"),
     ("dwcp_resilience.policies.keyed", "KeyedRateLimiter", "keyed_limiter"),
     ("dwcp_resilience.policies.bulkhead", "Bulkhead", "bulkhead"),
+    ("dwcp_resilience.policies.concurrency", "AdaptiveConcurrencyLimiter", "adaptive_concurrency"),
+    ("dwcp_resilience.policies.throttle", "AdaptiveThrottle", "adaptive_throttle"),
     ("dwcp_resilience.slo.error_budget", "ErrorBudget", "error_budget"),
     ("dwcp_resilience.slo.latency_budget", "LatencyBudget", "latency_budget"),
     ("dwcp_resilience.slo.degradation", "DegradationManager", "degradation"),

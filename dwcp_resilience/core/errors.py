@@ -7,7 +7,9 @@ still tell a rejection (the callee never ran) from a deadline (the callee ran to
     ├── Rejected                          the callee was not run; ``retry_after`` when known
     │   ├── CircuitOpen                   a breaker is open (or half-open with every probe slot taken)
     │   ├── RateLimited                   a rate limiter had no token in time
-    │   └── BulkheadFull                  a bulkhead had no permit: ``reason`` is "full" or "timeout"
+    │   ├── BulkheadFull                  a bulkhead had no permit: ``reason`` is "full" or "timeout"
+    │   │   └── ConcurrencyLimited        an adaptive concurrency limiter had no permit
+    │   └── Throttled                     an adaptive throttle refused the call locally
     ├── DeadlineExceeded                  (also TimeoutError) our own deadline fired
     └── NotCallable                       (also TypeError) ``call(fn(x))`` instead of ``call(fn, x)``
 
@@ -28,11 +30,13 @@ import inspect
 __all__ = (
     "BulkheadFull",
     "CircuitOpen",
+    "ConcurrencyLimited",
     "DeadlineExceeded",
     "NotCallable",
     "RateLimited",
     "Rejected",
     "ResilienceError",
+    "Throttled",
 )
 
 
@@ -115,6 +119,39 @@ class BulkheadFull(Rejected):
         return (
             f"BulkheadFull({self.name!r}, retry_after={self.retry_after!r}, reason={self.reason!r})"
         )
+
+
+class ConcurrencyLimited(BulkheadFull):
+    """An :class:`~dwcp_resilience.AdaptiveConcurrencyLimiter` had no permit within its current
+    limit: its queue was full (``reason="full"``) or the wait ran out (``reason="timeout"``).
+
+    A :class:`BulkheadFull` (the limiter is a bulkhead whose size follows latency), so code that
+    handles a full bulkhead handles it too. ``retry_after`` is an estimate: the time the calls in
+    flight take to free a permit for every waiter ahead and this call, from the latency measured in
+    the last window (``None`` before the first window).
+    """
+
+    def _describe(self) -> str:
+        return "concurrency limit reached" if self.reason == "full" else "concurrency wait timeout"
+
+    def __repr__(self) -> str:
+        return (
+            f"ConcurrencyLimited({self.name!r}, retry_after={self.retry_after!r}, "
+            f"reason={self.reason!r})"
+        )
+
+
+class Throttled(Rejected):
+    """An :class:`~dwcp_resilience.AdaptiveThrottle` refused the call locally: the backend has
+    accepted too few of the recent requests (client-side throttling, Google SRE book).
+
+    Not a :class:`RateLimited`: nothing here is a rate with a known refill. The refusal is a draw
+    against the current rejection probability, so the very next call may pass, and ``retry_after``
+    is ``None``.
+    """
+
+    def _describe(self) -> str:
+        return "throttled: the backend accepts too few requests"
 
 
 class DeadlineExceeded(ResilienceError, TimeoutError):

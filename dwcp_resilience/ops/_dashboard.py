@@ -25,6 +25,8 @@ ROWS: tuple[tuple[str, str | tuple[str, ...], str], ...] = (
     ("Health checks", "health_check_", "checker, check"),
     ("Rate limiters", "rate_limiter_", "limiter"),
     ("Bulkheads", "bulkhead_", "bulkhead"),
+    ("Adaptive concurrency limiters", "adaptive_concurrency_", "limiter"),
+    ("Adaptive throttles", "adaptive_throttle_", "throttle"),
     ("Error budgets", "error_budget_", "budget"),
     ("Latency budgets", "latency_budget_", "budget"),
     ("Degradation", "degradation_", "manager"),
@@ -74,7 +76,8 @@ def _panel(family: Family, by: str, panel_id: int, x: int, y: int) -> dict[str, 
         if family.key.endswith("_seconds"):
             unit = "s"
         elif family.key.endswith(("failure_rate", "call_rate", "remaining", "consumed",
-                                  "objective")) and not family.key.startswith("retry_budget"):  # fmt: skip
+                                  "objective", "probability")) and not family.key.startswith(
+                                      "retry_budget"):  # fmt: skip
             unit = "percentunit"
         title = family.key.replace("_", " ")
     return {
@@ -114,9 +117,9 @@ def build_dashboard() -> dict[str, Any]:
         "uid": "dwcp-resilience",
         "tags": ["dwcp", "resilience"],
         "description": (
-            "Circuit breakers, retries, health checks, rate limiters, bulkheads, error and latency "
-            "budgets, degradation, chaos and fleet (Redis) state of dwcp_resilience (one panel "
-            "per metric family)."
+            "Circuit breakers, retries, health checks, rate limiters, bulkheads, adaptive "
+            "concurrency limiters and throttles, error and latency budgets, degradation, chaos and "
+            "fleet (Redis) state of dwcp_resilience (one panel per metric family)."
         ),
         "editable": True,
         "schemaVersion": 39,

@@ -1,4 +1,5 @@
 """The policies, one concept per module: timeout, retry (+ backoff, budget), breaker, rate limiters
-(plain, adaptive, keyed), bulkhead, chaos. Everything public is re-exported from the package root."""
+(plain, adaptive, keyed), bulkhead, adaptive concurrency limiter, adaptive throttle, chaos.
+Everything public is re-exported from the package root."""
 
 __all__ = ()

@@ -13,7 +13,9 @@ the async shell around it:
   the waiter's queue place is given back as soon as its wait ends, not when its call ends;
 - every permit comes back exactly once: on return, on exception, on cancellation while queued, on a
   wait timeout, and on cancellation right after the permit was handed over (it then goes on to the
-  next waiter or back to the pool).
+  next waiter or back to the pool);
+- ``resize(n)`` changes the permit count while calls run: new permits go to the oldest waiters
+  first; a smaller count interrupts nothing, it admits no one until the calls in flight are under it.
 
 Idioms: ``await bulkhead.call(fn, ...)``, ``@bulkhead``, ``async with bulkhead:``.
 
@@ -59,7 +61,8 @@ class BulkheadStatistics:
     :ivar max_concurrent: the permit count.
     :ivar max_queue: the wait-queue capacity.
     :ivar concurrent: permits in use now, by running calls and by waiters just handed one
-        (``bulkhead_concurrent``).
+        (``bulkhead_concurrent``; above ``max_concurrent`` for a while after a :meth:`resize
+        <Bulkhead.resize>` down).
     :ivar available: free permits now.
     :ivar queued: calls waiting now (``bulkhead_queued``).
     :ivar admitted: calls admitted so far (at once or after waiting).
@@ -165,13 +168,31 @@ class Bulkhead(PolicyBase):
         return self._core.running
 
     @property
+    def in_use(self) -> int:
+        """Permits in use now: by running calls and by waiters just handed one."""
+        return self._core.in_use
+
+    @property
     def queued(self) -> int:
         """Calls waiting now."""
         return self._core.queued
 
+    def resize(self, max_concurrent: int) -> None:
+        """Change how many calls may run at once, now, while calls run.
+
+        A larger count admits waiters at once, oldest first; a smaller one interrupts nothing: calls
+        in flight finish, and no call is admitted until fewer than ``max_concurrent`` run.
+
+        Raises:
+            ValueError: if ``max_concurrent`` < 1.
+            TypeError: if it is not an int (``True`` included).
+        """
+        for permit in self._core.resize(max_concurrent):
+            wake(permit)
+
     def __repr__(self) -> str:
         core = self._core
-        busy = core.max_concurrent - core.available
+        busy = core.in_use
         return (
             f"<Bulkhead {self._name!r} {busy}/{core.max_concurrent} in use, "
             f"{core.queued}/{core.max_queue} waiting>"
@@ -191,7 +212,7 @@ class Bulkhead(PolicyBase):
             name=self._name,
             max_concurrent=core.max_concurrent,
             max_queue=core.max_queue,
-            concurrent=core.max_concurrent - core.available,
+            concurrent=core.in_use,
             available=core.available,
             queued=core.queued,
             admitted=admitted,

@@ -11,9 +11,15 @@ Between the hand-off and the waiter resuming, its permit is *reserved*. A waiter
 permit had already been handed to it, the permit goes on to the next waiter or back to the pool. So
 every permit is given back exactly once, on every path (the race of anyio#947/#1170 and failsafe#393).
 
-Invariants (checked by the property tests): ``0 <= running + reserved <= max_concurrent``;
-``0 <= queued <= max_queue``; ``free + running + reserved == max_concurrent``; ``queued > 0`` implies
-``free == 0``.
+The permit count can change while calls run (``resize``): a larger count hands the new permits to
+the queue's head first, as releases do; a smaller one takes free permits away at once and retires the
+rest as their holders return them (``free`` goes negative: that many permits are owed), so no call is
+interrupted and no new call is admitted until the calls in flight are under the new count.
+:class:`~dwcp_resilience.AdaptiveConcurrencyLimiter` moves its limit this way.
+
+Invariants (checked by the property tests): ``free + running + reserved == max_concurrent``;
+``0 <= queued <= max_queue``; ``0 <= running + reserved``; a permit is taken or handed over only
+while ``running + reserved < max_concurrent``; ``queued > 0`` implies ``free <= 0``.
 """
 
 from __future__ import annotations
@@ -99,8 +105,9 @@ class BulkheadCore:
 
     @property
     def available(self) -> int:
-        """Free permits."""
-        return self._free
+        """Free permits (0 while a smaller count is owed, see :meth:`resize`)."""
+        free = self._free
+        return free if free > 0 else 0
 
     @property
     def reserved(self) -> int:
@@ -113,13 +120,18 @@ class BulkheadCore:
         return self._max_concurrent - self._free - self._reserved
 
     @property
+    def in_use(self) -> int:
+        """Permits held by running calls or handed to waiters (``running + reserved``)."""
+        return self._max_concurrent - self._free
+
+    @property
     def queued(self) -> int:
         """Waiters in the queue."""
         return self._queued
 
     def try_enter(self) -> bool:
         """Take a free permit now, or return False (never queues)."""
-        if self._free:
+        if self._free > 0:
             self._free -= 1
             self.admitted_at_once += 1
             return True
@@ -144,6 +156,9 @@ class BulkheadCore:
         if not self._queued:  # nobody waits (the queue may hold only abandoned entries)
             self._free += 1
             return None
+        if self._free < 0:  # the count shrank: this permit is retired, not handed over
+            self._free += 1
+            return None
         queue = self._queue
         while queue:
             permit = queue.popleft()
@@ -154,6 +169,30 @@ class BulkheadCore:
                 return permit
         self._free += 1
         return None
+
+    def resize(self, max_concurrent: int) -> list[Permit]:
+        """Change the permit count; returns the waiters to wake (handed one of the new permits).
+
+        Growing hands each new permit to the queue's head, as :meth:`release` does (or pays back a
+        permit still owed from an earlier shrink); shrinking takes free permits away and owes the
+        rest, which calls in flight give back as they end. Nothing running is interrupted.
+
+        Raises:
+            ValueError: if ``max_concurrent`` < 1.
+            TypeError: if it is not an int (``True`` included).
+        """
+        size = check_int(max_concurrent, "max_concurrent", min_value=1)
+        delta = size - self._max_concurrent
+        self._max_concurrent = size
+        if delta <= 0:
+            self._free += delta
+            return []
+        woken: list[Permit] = []
+        for _ in range(delta):
+            permit = self.release()
+            if permit is not None:
+                woken.append(permit)
+        return woken
 
     def resume(self, permit: Permit) -> None:
         """A handed permit's waiter resumed: it now runs."""
