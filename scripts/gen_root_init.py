@@ -16,7 +16,7 @@ MODULES = (
     "core.clock", "core.context", "core.errors", "core.events", "core.outcome", "core.policy",
     "policies.timeout", "policies.backoff", "policies.retry", "policies.retry_budget",
     "policies.breaker", "policies.ratelimit", "policies.adaptive", "policies.keyed",
-    "policies.bulkhead", "policies.chaos",
+    "policies.bulkhead", "policies.chaos", "policies.hedge", "policies.fallback",
     "slo.checks", "slo.health", "slo.error_budget", "slo.latency_budget", "slo.degradation",
     "slo.shedding",
     "manager",

@@ -7,7 +7,9 @@ still tell a rejection (the callee never ran) from a deadline (the callee ran to
     ├── Rejected                          the callee was not run; ``retry_after`` when known
     │   ├── CircuitOpen                   a breaker is open (or half-open with every probe slot taken)
     │   ├── RateLimited                   a rate limiter had no token in time
-    │   └── BulkheadFull                  a bulkhead had no permit: ``reason`` is "full" or "timeout"
+    │   ├── BulkheadFull                  a bulkhead had no permit: ``reason`` is "full" or "timeout"
+    │   └── Degraded                      the degradation level said not to call (a ``Fallback``'s
+    │                                     ``shed_at``): what its handler receives
     ├── DeadlineExceeded                  (also TimeoutError) our own deadline fired
     └── NotCallable                       (also TypeError) ``call(fn(x))`` instead of ``call(fn, x)``
 
@@ -29,6 +31,7 @@ __all__ = (
     "BulkheadFull",
     "CircuitOpen",
     "DeadlineExceeded",
+    "Degraded",
     "NotCallable",
     "RateLimited",
     "Rejected",
@@ -115,6 +118,32 @@ class BulkheadFull(Rejected):
         return (
             f"BulkheadFull({self.name!r}, retry_after={self.retry_after!r}, reason={self.reason!r})"
         )
+
+
+class Degraded(Rejected):
+    """The degradation level was at or above a :class:`~dwcp_resilience.Fallback`'s ``shed_at``,
+    so the callee was not run and the fallback answered: this is the exception its handler
+    receives.
+
+    Args:
+        name: the fallback's name.
+        level: the degradation level seen (an ``int``; a ``DegradationLevel``).
+    """
+
+    def __init__(self, name: str, level: int) -> None:
+        ResilienceError.__init__(self, name, None, level)
+
+    @property
+    def level(self) -> int:
+        """The degradation level that shed the call."""
+        level: int = self.args[2]
+        return level
+
+    def _describe(self) -> str:
+        return f"shed at degradation level {self.level}"
+
+    def __repr__(self) -> str:
+        return f"Degraded({self.name!r}, level={self.level!r})"
 
 
 class DeadlineExceeded(ResilienceError, TimeoutError):
