@@ -25,8 +25,9 @@ and the timeout's :class:`~dwcp_resilience.policies.timeout.Sweeper` (``open``/`
 
 It runs on asyncio and uvloop (trio takes the chain), and only when the manager and the limiter
 read the loop's clock, every policy is fusable (the library's own classes, no subclass overriding
-``call``, no per-breaker timeout) and there is no chaos, adaptive limiter, retry budget or retry
-``total_timeout``; any other stack is the plain compiled chain. The Hypothesis equivalence test of
+``call``, no per-breaker timeout) and there is no chaos, hedge, fallback, adaptive limiter, retry
+budget or retry ``total_timeout``; any other stack is the plain compiled chain
+(:func:`~dwcp_resilience._stack.compile_stack`). The Hypothesis equivalence test of
 the manager against hand-chained policies (``tests/test_fused.py``) covers both paths, deadlines
 included.
 """
@@ -65,6 +66,8 @@ def lane_for(operation: str, components: Components, counts: Counts, clock: Cloc
     c = components
     if clock is not loop_time or c.chaos is not None:
         return None
+    if c.hedge is not None or c.fallback is not None:
+        return None  # a hedge races attempts in a task group, a fallback encloses the deadline
     if c.bulkhead is not None and admission_of(c.bulkhead) is None:
         return None
     if c.retry is not None and (type(c.retry).call is not Retry.call or not c.retry._plain):
