@@ -154,6 +154,23 @@ async def test_a_failure_starts_the_next_attempt_at_once(backend_name: str) -> N
     assert [e.attempt for e in events.of_type(HedgeWon)] == [2]
 
 
+@pytest.mark.virtual_time
+async def test_without_hedge_after_failure_failures_keep_to_the_delay(backend_name: str) -> None:
+    """For a Retry outside: a failure only leaves the race; with nothing left running it ends the
+    call (the retry backs off), and slowness is still hedged."""
+    hedge = Hedge("h", delay=1.0, hedge_after_failure=False, budget_ratio=None)
+    failing = Attempts({1: (0.5, ConnectionError("down"))})
+    with pytest.raises(ConnectionError) as info:
+        await hedge.call(failing)
+    assert numbers(failing) == [1]  # no immediate second attempt
+    assert "1 attempt started, all failed" in info.value.__notes__[0]
+    op = Attempts({1: (5.0, None), 2: (0.1, ConnectionError("down")), 3: (0.1, None)})
+    hedge3 = Hedge("h3", delay=1.0, max_hedged_attempts=2, hedge_after_failure=False)
+    start = anyio.current_time()
+    assert await hedge3.call(op) == ("x", 3)
+    assert [(n, t - start) for n, t in op.started] == [(1, 0.0), (2, 1.0), (3, 2.0)]
+
+
 async def test_an_attempt_fails_while_another_succeeds(backend_name: str) -> None:
     hedge = Hedge("h", delay=0.01, max_hedged_attempts=2, budget_ratio=None)
     # 1 is slow; 2 starts at 0.01 and fails at 0.02, so 3 starts at once and wins.
@@ -449,6 +466,7 @@ async def test_not_callable_and_sync_functions_are_refused(backend_name: str) ->
         ({"max_hedged_attempts": 11}, ValueError, "max_hedged_attempts"),
         ({"max_hedged_attempts": True}, TypeError, "max_hedged_attempts"),
         ({"hedge_on": 3}, TypeError, "hedge_on"),
+        ({"hedge_after_failure": 1}, TypeError, "hedge_after_failure"),
         ({"budget_ratio": -0.1}, ValueError, "budget_ratio"),
         ({"budget_ratio": math.inf}, ValueError, "budget_ratio"),
         ({"min_hedges_per_second": -1}, ValueError, "min_hedges_per_second"),

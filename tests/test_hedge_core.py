@@ -58,9 +58,15 @@ class HedgeMachine(RuleBasedStateMachine):
         ),
         ratio=st.sampled_from([None, 0.0, 0.5, 1.0]),
         floor=st.sampled_from([0.0, 0.2]),
+        immediate=st.booleans(),
     )
     def setup(
-        self, hedges: int, delay: float | Percentile, ratio: float | None, floor: float
+        self,
+        hedges: int,
+        delay: float | Percentile,
+        ratio: float | None,
+        floor: float,
+        immediate: bool,
     ) -> None:
         self.now = Now()
         self.events: list[HedgeEvent] = []
@@ -69,6 +75,7 @@ class HedgeMachine(RuleBasedStateMachine):
             delay=delay,
             max_hedged_attempts=hedges,
             hedge_on=ConnectionError,
+            hedge_after_failure=immediate,
             budget_ratio=ratio,
             min_hedges_per_second=floor,
             budget_window=10.0,
@@ -77,6 +84,7 @@ class HedgeMachine(RuleBasedStateMachine):
         )
         self.max_attempts = hedges + 1
         self.delay = delay
+        self.immediate = immediate
         self.races: list[tuple[Race, RaceModel]] = []
         self.latencies: list[float] = []
         self.won_first = self.won_hedge = self.launched = self.refused = 0
@@ -149,7 +157,7 @@ class HedgeMachine(RuleBasedStateMachine):
             "rejected": CircuitOpen("b", 1.0),
             "final": KeyError("bug"),
         }[error]
-        kind = {"failed": FAILED, "rejected": OUT, "final": FINAL}[error]
+        kind = {"failed": FAILED if self.immediate else OUT, "rejected": OUT, "final": FINAL}[error]
         assert self.core.classify(exc) == kind
         pending = race.pending
         ended = self.core.failed(race, exc)
@@ -161,6 +169,11 @@ class HedgeMachine(RuleBasedStateMachine):
         elif kind == FAILED:
             assert race.pending == pending + 1
             assert race.next_start() in (None, -math.inf)  # at once, if any is left
+        else:  # out: the race goes on at the delay; with nothing running it is over
+            assert race.pending == pending
+            due = race.next_start()
+            if race.running == 0 and race.pending == 0:
+                assert due is None
 
     # --- invariants ---------------------------------------------------------------------------
 

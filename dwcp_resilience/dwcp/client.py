@@ -13,7 +13,9 @@ operation                    protections (Go defaults)
                              token bucket 1000/s burst 100, error budget 99.9 % / 24 h,
                              latency budget p95 <= 100 ms
 ``network-receive``          bulkhead, retry, breaker 5 / 30 s / 0.25 s .. 2 s
-``peer-discovery``           retry, breaker ``max_failures // 2`` / 30 s / 0.25 s .. 2 s
+``peer-discovery``           retry, hedge (``discover_hedge``: after the p95 of recent
+                             discoveries, 0.25 s until 20 are known; 10 % budget),
+                             breaker ``max_failures // 2`` / 30 s / 0.25 s .. 2 s
 ``concurrent-connections``   bulkhead 100/50/5 s, connect timeout
 ===========================  =================================================================
 
@@ -32,6 +34,12 @@ Delivery guarantees:
 
 After any failed attempt the connection it used is closed and the next attempt reconnects: a
 stalled or half-broken connection is never reused.
+
+**Discovery is hedged** (it only reads): when a discovery is slower than ``discover_hedge`` (by
+default the 95th percentile of recent successful ones), a second attempt starts on a connection of
+its own, and the first answer wins. The loser is cancelled and, like any attempt cancelled on a
+shared connection, closes it (a request that slow on it suggests it is stalled). At most 10 % of
+discoveries (or 1 a second) are hedged. ``discover_hedge=None`` turns it off.
 
 Recovery after a peer restart takes seconds, not minutes, without hammering a dead peer:
 
@@ -64,6 +72,7 @@ from ..core.context import OperationContext
 from ..core.errors import DeadlineExceeded
 from ..core.validate import check_int, check_name, check_number
 from ..manager import ResilienceManager, ResilienceSnapshot
+from ..policies.hedge import Percentile, hedge_attempt
 from ..slo.checks import PingCheck
 from .errors import ConnectFailed, DWCPError, is_repeat_fault, is_retryable, mark_repeat_fault
 from .protocol import Delivery, PeerInfo, new_message_id
@@ -91,6 +100,10 @@ def _open_periods(initial: float, longest: float) -> Callable[[int], float]:
     return open_duration
 
 
+DISCOVER_HEDGE = Percentile(0.95, window=200, min_samples=20, fallback=0.25)
+"""The default ``discover_hedge``: the p95 of the last 200 discoveries, 0.25 s until 20 are known."""
+
+
 @dataclass(frozen=True, slots=True)
 class DWCPResilienceConfig:
     """The Go ``DWCPResilienceConfig`` (same defaults), plus what a real client needs.
@@ -104,7 +117,9 @@ class DWCPResilienceConfig:
     first is the default peer), ``connect_timeout``, ``operation_deadline`` (total seconds per
     operation, ``None`` for none), ``availability_slo``/``latency_target``,
     ``circuit_reset_initial`` (the first open period, doubling at each opening in a row up to
-    ``circuit_reset_time``; set both to 60.0 for the Go behaviour).
+    ``circuit_reset_time``; set both to 60.0 for the Go behaviour), ``discover_hedge`` (the delay
+    after which a discovery is hedged: seconds, a :class:`~dwcp_resilience.Percentile`, or
+    ``None`` for no hedging; default the p95 of the last 200, 0.25 s until 20 are known).
     """
 
     node_id: str = "client"
@@ -130,6 +145,7 @@ class DWCPResilienceConfig:
     availability_window: float = 24 * 3600.0
     latency_target: float = 0.1
     seen_ids: int = field(default=100_000)
+    discover_hedge: float | Percentile | None = DISCOVER_HEDGE
 
     def __post_init__(self) -> None:
         check_name(self.node_id, "node_id")
@@ -169,6 +185,8 @@ class DWCPResilienceConfig:
             check_number(
                 self.operation_deadline, "operation_deadline", min_value=0.0, allow_zero=False
             )
+        if self.discover_hedge is not None and not isinstance(self.discover_hedge, Percentile):
+            check_number(self.discover_hedge, "discover_hedge", min_value=0.0, allow_inf=True)
         if self.circuit_reset_initial > self.circuit_reset_time:
             raise ValueError(
                 f"circuit_reset_initial ({self.circuit_reset_initial}) must not exceed "
@@ -247,6 +265,11 @@ class DWCPResilientClient:
                 ignore=is_repeat_fault,
                 open_duration=_open_periods(c.circuit_reset_initial, c.circuit_reset_time),
                 record_latency=True,
+            )
+        if c.discover_hedge is not None:
+            # On slowness only: a failed discovery is the retry's to back off and try again.
+            rm.register_hedge(
+                DISCOVER, c.discover_hedge, hedge_on=_failure, hedge_after_failure=False
             )
         rm.register_rate_limiter(SEND, c.requests_per_second, c.burst_size)
         rm.register_timeout(CONNECT, c.connect_timeout)
@@ -444,6 +467,9 @@ class DWCPResilientClient:
         address = self._peer(peer)
 
         async def discover(_: OperationContext) -> tuple[PeerInfo, ...]:
+            if hedge_attempt() > 1:  # a hedged attempt: not on the connection that is slow
+                return await self._discover_fresh(address)
+
             async def on(conn: DWCPConnection) -> tuple[PeerInfo, ...]:
                 return await conn.discover()
 
@@ -452,6 +478,15 @@ class DWCPResilientClient:
             return result
 
         return await self.manager.execute_with_all_protections(DISCOVER, discover)
+
+    async def _discover_fresh(self, address: str) -> tuple[PeerInfo, ...]:
+        """One discovery on a connection of its own, closed after it (a hedged attempt)."""
+        conn = await self.establish_connection(address)
+        try:
+            return await conn.discover()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.aclose()
 
     # --- health, metrics, lifetime ------------------------------------------------------------------
 

@@ -20,8 +20,11 @@ Semantics (Polly's hedging strategy, with failsafe-go's budget):
   returns (an anyio task group per call: no attempt outlives the call, on asyncio, uvloop and trio).
 - An attempt that fails with an exception matched by ``hedge_on`` (default :data:`TRANSIENT_ERRORS`,
   ``OSError``: connection errors and timeouts) is out of the race, and the next attempt starts at
-  once if one is left. Our own rejections (:class:`~dwcp_resilience.Rejected`, e.g. an inner
-  breaker's ``CircuitOpen``) are out too, but the next attempt keeps to the delay (it would most
+  once if one is left (Polly). With ``hedge_after_failure=False`` the next attempt keeps to the
+  delay instead, and when no attempt is left running the failure ends the call: the hedge then acts
+  on slowness only and leaves failures to a ``Retry`` outside it, which backs off (the manager's
+  order puts the retry outside the hedge). Our own rejections (:class:`~dwcp_resilience.Rejected`,
+  e.g. an inner breaker's ``CircuitOpen``) are out too, but the next attempt keeps to the delay (it would most
   likely be refused as well), and they never end a race another attempt may still win. Any other
   exception (a ``KeyError``, a ``NotCallable``) ends the race: the others are cancelled and the
   caller gets it, as Polly treats an unhandled outcome.
@@ -109,7 +112,10 @@ class Hedge(HedgeCore, PolicyBase):
             failure), or a :class:`Percentile` of recent successful attempts' durations.
         max_hedged_attempts: extra attempts at most (1 to 10; default 1).
         hedge_on: which exceptions put an attempt out of the race and start the next at once
-            (a type, a tuple of types or a predicate; default :data:`TRANSIENT_ERRORS`).
+            (a type, a tuple of types or a predicate; default :data:`TRANSIENT_ERRORS`); any
+            other exception ends the race.
+        hedge_after_failure: start the next attempt at once after a ``hedge_on`` failure
+            (default True); False: keep to the delay (hedge on slowness only).
         budget: a shared :class:`RetryBudget` that must grant each hedged attempt.
         budget_ratio: without ``budget``: the hedge's own budget allows this many hedged attempts
             per call (default 0.1); ``None`` for no budget.
@@ -133,6 +139,7 @@ class Hedge(HedgeCore, PolicyBase):
         delay: float | Percentile = DEFAULT_HEDGE_DELAY,
         max_hedged_attempts: int = 1,
         hedge_on: ExceptionMatcher = TRANSIENT_ERRORS,
+        hedge_after_failure: bool = True,
         budget: RetryBudget | None = None,
         budget_ratio: float | None = 0.1,
         min_hedges_per_second: float = 1.0,
@@ -145,6 +152,7 @@ class Hedge(HedgeCore, PolicyBase):
             delay=delay,
             max_hedged_attempts=max_hedged_attempts,
             hedge_on=hedge_on,
+            hedge_after_failure=hedge_after_failure,
             budget=budget,
             budget_ratio=budget_ratio,
             min_hedges_per_second=min_hedges_per_second,

@@ -120,6 +120,7 @@ class HedgeOptions(TypedDict, total=False):
     on, typed."""
 
     hedge_on: ExceptionMatcher
+    hedge_after_failure: bool
     budget: RetryBudget | None
     budget_ratio: float | None
     min_hedges_per_second: float
@@ -149,6 +150,7 @@ class HedgeCore:
         "_hedge_on",
         "_hedge_wins",
         "_hedges",
+        "_immediate",
         "_listeners",
         "_max_attempts",
         "_name",
@@ -164,6 +166,7 @@ class HedgeCore:
         delay: float | Percentile = DEFAULT_HEDGE_DELAY,
         max_hedged_attempts: int = 1,
         hedge_on: ExceptionMatcher,
+        hedge_after_failure: bool = True,
         budget: RetryBudget | None = None,
         budget_ratio: float | None = 0.1,
         min_hedges_per_second: float = 1.0,
@@ -184,6 +187,9 @@ class HedgeCore:
             self._window = None
             self._fixed = check_number(delay, "delay", min_value=0.0, allow_inf=True)
         self._hedge_on = as_exception_predicate(hedge_on, field="hedge_on")
+        if not isinstance(hedge_after_failure, bool):
+            raise TypeError("hedge_after_failure must be a bool")
+        self._immediate = hedge_after_failure
         if not callable(clock):
             raise TypeError("clock must be a zero-argument callable returning seconds")
         self._clock = clock
@@ -309,19 +315,24 @@ class HedgeCore:
 
     def classify(self, exc: Exception) -> int:
         """What an attempt's exception means: :data:`FAILED` (``hedge_on`` matches: the next
-        attempt starts at once), :data:`OUT` (our own rejection: the attempt is out, the race goes
-        on), or :data:`FINAL` (anything else ends the race, as Polly treats an unhandled outcome)."""
+        attempt starts at once), :data:`OUT` (our own rejection, or a match with
+        ``hedge_after_failure=False``: the attempt is out, the race goes on, the next attempt keeps
+        to the delay), or :data:`FINAL` (anything else ends the race, as Polly treats an unhandled
+        outcome)."""
         if isinstance(exc, Rejected):
             return OUT
         if isinstance(exc, NotCallable):
             return FINAL
         try:
-            return FAILED if self._hedge_on(exc) else FINAL
+            matched = self._hedge_on(exc)
         except Exception:
             _log.exception(
                 "hedge_on predicate of %r raised on %r; ending the race", self._name, exc
             )
             return FINAL
+        if not matched:
+            return FINAL
+        return FAILED if self._immediate else OUT
 
     def failed(self, race: Race, exc: Exception) -> bool:
         """An attempt ended with ``exc``; return True when that ends the race (the shell then
