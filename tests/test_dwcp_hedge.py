@@ -1,5 +1,5 @@
 """The DWCP client hedges peer discovery: a slow discovery on the shared connection is beaten by a
-hedged one on a connection of its own (real TCP on loopback, every backend in real time)."""
+hedged one on the spare connection (real TCP on loopback, every backend in real time)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_discovery_is_hedged_by_default_and_can_be_turned_off() -> None:
             _config("127.0.0.1:1", discover_hedge=bad)
 
 
-async def test_a_slow_discovery_is_beaten_by_a_hedge_on_a_fresh_connection(
+async def test_a_slow_discovery_is_beaten_by_a_hedge_on_the_spare_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async with DWCPPeer("peer-a", seeds=("127.0.0.1:7001",)) as peer:
@@ -66,6 +66,8 @@ async def test_a_slow_discovery_is_beaten_by_a_hedge_on_a_fresh_connection(
             # connection a request was cancelled on; the next call connects afresh.
             assert not shared.usable
             assert client._connections.get(address) is not shared
+            spare = client._spares[address]
+            assert spare.usable and spare is not shared  # kept for the next hedge
             assert await client.discover_peers() == expected
             breaker = client.manager.circuit_breaker(DISCOVER)
             assert breaker is not None and breaker.statistics().failures == 0

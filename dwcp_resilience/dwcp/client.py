@@ -36,10 +36,11 @@ After any failed attempt the connection it used is closed and the next attempt r
 stalled or half-broken connection is never reused.
 
 **Discovery is hedged** (it only reads): when a discovery is slower than ``discover_hedge`` (by
-default the 95th percentile of recent successful ones), a second attempt starts on a connection of
-its own, and the first answer wins. The loser is cancelled and, like any attempt cancelled on a
-shared connection, closes it (a request that slow on it suggests it is stalled). At most 10 % of
-discoveries (or 1 a second) are hedged. ``discover_hedge=None`` turns it off.
+default the 95th percentile of recent successful ones), a second attempt starts on a spare
+connection to the same peer (opened on first use and kept), and the first answer wins. The loser
+is cancelled and, like any attempt cancelled on a connection, closes it (a request that slow on it
+suggests it is stalled). At most 10 % of discoveries (or 1 a second) are hedged; a failed discovery
+is left to the retry. ``discover_hedge=None`` turns it off.
 
 Recovery after a peer restart takes seconds, not minutes, without hammering a dead peer:
 
@@ -224,6 +225,8 @@ class DWCPResilientClient:
             health_timeout=config.health_check_timeout,
         )
         self._connections: dict[str, DWCPConnection] = {}
+        # A second connection per peer for hedged attempts: not the one the slow attempt is on.
+        self._spares: dict[str, DWCPConnection] = {}
         # Connections whose failure an operation's breaker has counted already (one fault each).
         self._faulted: weakref.WeakSet[DWCPConnection] = weakref.WeakSet()
         # send_message's fast path: the default peer, the node id, the operation's context
@@ -331,16 +334,17 @@ class DWCPResilientClient:
         except DeadlineExceeded as exc:
             raise ConnectFailed(f"connect to {address} timed out") from exc
 
-    async def _connection(self, address: str) -> DWCPConnection:
-        conn = self._connections.get(address)
+    async def _connection(self, address: str, *, spare: bool = False) -> DWCPConnection:
+        pool = self._spares if spare else self._connections
+        conn = pool.get(address)
         if conn is not None and conn.usable:
             return conn
         conn = await self.establish_connection(address)
-        old = self._connections.get(address)
+        old = pool.get(address)
         if old is not None and old is not conn and old.usable:
             await conn.aclose()  # another task connected meanwhile: share its connection
             return old
-        self._connections[address] = conn
+        pool[address] = conn
         return conn
 
     async def _discard(
@@ -349,8 +353,9 @@ class DWCPResilientClient:
         """Close ``conn`` after a failed request. An operation's failure ``exc`` after the first
         one on the same connection is the same fault seen by another request: it is marked so,
         and the breakers do not count it again (``exc=None``: a health check, counted nowhere)."""
-        if self._connections.get(address) is conn:
-            del self._connections[address]
+        for pool in (self._connections, self._spares):
+            if pool.get(address) is conn:
+                del pool[address]
         if isinstance(exc, Exception):
             if conn in self._faulted:
                 mark_repeat_fault(exc)
@@ -360,9 +365,13 @@ class DWCPResilientClient:
             await conn.aclose()
 
     async def _on(
-        self, address: str, action: Callable[[DWCPConnection], Awaitable[object]]
+        self,
+        address: str,
+        action: Callable[[DWCPConnection], Awaitable[object]],
+        *,
+        spare: bool = False,
     ) -> object:
-        conn = await self._connection(address)
+        conn = await self._connection(address, spare=spare)
         try:
             return await action(conn)
         except BaseException as exc:
@@ -467,26 +476,15 @@ class DWCPResilientClient:
         address = self._peer(peer)
 
         async def discover(_: OperationContext) -> tuple[PeerInfo, ...]:
-            if hedge_attempt() > 1:  # a hedged attempt: not on the connection that is slow
-                return await self._discover_fresh(address)
-
             async def on(conn: DWCPConnection) -> tuple[PeerInfo, ...]:
                 return await conn.discover()
 
-            result = await self._on(address, on)
+            # A hedged attempt runs on the spare connection: not on the one that is slow.
+            result = await self._on(address, on, spare=hedge_attempt() > 1)
             assert isinstance(result, tuple)
             return result
 
         return await self.manager.execute_with_all_protections(DISCOVER, discover)
-
-    async def _discover_fresh(self, address: str) -> tuple[PeerInfo, ...]:
-        """One discovery on a connection of its own, closed after it (a hedged attempt)."""
-        conn = await self.establish_connection(address)
-        try:
-            return await conn.discover()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await conn.aclose()
 
     # --- health, metrics, lifetime ------------------------------------------------------------------
 
@@ -500,9 +498,10 @@ class DWCPResilientClient:
 
     async def aclose(self) -> None:
         """Close every connection."""
-        connections, self._connections = self._connections, {}
+        connections = [*self._connections.values(), *self._spares.values()]
+        self._connections, self._spares = {}, {}
         with anyio.CancelScope(shield=True):
-            for conn in connections.values():
+            for conn in connections:
                 await conn.aclose()
 
     async def __aenter__(self) -> DWCPResilientClient:
