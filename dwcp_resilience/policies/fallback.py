@@ -307,6 +307,23 @@ class Fallback(Generic[R]):
             raise
         return cast(R, answer)
 
+    async def _shed(self, level: int) -> R:
+        """The degradation level is at or above ``shed_at``: answer without running the callee."""
+        shed = Degraded(self._name, level)
+        self._taken(shed, "degraded")
+        return await self._answer(shed)
+
+    async def _recover(self, exc: Exception) -> R:
+        """The callee raised ``exc``: answer it, or re-raise it when it is not ours to answer.
+        (Called from the ``except`` clause of :meth:`call` and of the decorator, so a handler's
+        own exception is chained to ``exc``.)"""
+        why = self.reason(exc)
+        if why is None:
+            self._unhandled += 1
+            raise exc
+        self._taken(exc, why)
+        return await self._answer(exc)
+
     async def call(
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> T | R:
@@ -319,21 +336,12 @@ class Fallback(Generic[R]):
         if not callable(fn):
             raise not_callable(fn)
         degradation = self._degradation
-        if degradation is not None:
-            level = degradation.level
-            if level >= self._shed_at:
-                shed = Degraded(self._name, level)
-                self._taken(shed, "degraded")
-                return await self._answer(shed)
+        if degradation is not None and degradation.level >= self._shed_at:
+            return await self._shed(degradation.level)
         try:
             result = await fn(*args, **kwargs)
         except Exception as exc:
-            why = self.reason(exc)
-            if why is None:
-                self._unhandled += 1
-                raise
-            self._taken(exc, why)
-            return await self._answer(exc)
+            return await self._recover(exc)
         except BaseException:
             self._cancelled += 1
             raise
@@ -341,16 +349,29 @@ class Fallback(Generic[R]):
         return result
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T | R]]:
-        """Decorate an ``async def`` so every call is answered by the fallback when it fails.
+        """Decorate an ``async def`` so every call is answered by the fallback when it fails (the
+        success path runs in the wrapper's own frame, as ``call`` would run it).
 
         Raises:
             TypeError: if ``fn`` is a plain (synchronous) function.
         """
         check_decorated(fn, type(self).__name__)
-        call = self.call
+        fallback = self
+        recover = self._recover
 
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T | R:
-            return await call(fn, *args, **kwargs)
+            degradation = fallback._degradation
+            if degradation is not None and degradation.level >= fallback._shed_at:
+                return await fallback._shed(degradation.level)
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                return await recover(exc)
+            except BaseException:
+                fallback._cancelled += 1
+                raise
+            fallback._ok += 1
+            return result
 
         return wrapper
