@@ -18,6 +18,7 @@ import pytest
 
 from dwcp_resilience import (
     CircuitOpen,
+    DeadlineExceeded,
     Hedge,
     HedgeBudgetExhausted,
     HedgeEvent,
@@ -26,6 +27,7 @@ from dwcp_resilience import (
     NotCallable,
     Percentile,
     RetryBudget,
+    Timeout,
     hedge_attempt,
 )
 from dwcp_resilience.testing import RecordingListener
@@ -321,6 +323,25 @@ async def test_keyboard_interrupt_and_system_exit_reach_the_caller_unwrapped(
 
     with pytest.raises(KeyboardInterrupt):
         await hedge.call(interrupted)
+    assert hedge.statistics().cancelled == 2
+
+
+async def test_an_outer_timeout_is_a_deadline_and_an_outer_cancel_a_cancel(
+    backend_name: str,
+) -> None:
+    """Around a hedge, our Timeout's expiry is DeadlineExceeded (every attempt awaited first) and
+    an outer cancel scope stays a cancellation: the task group does not blur the two."""
+    hedge = Hedge("h", delay=0.01)
+    op = Attempts({})  # every attempt takes SLOW
+    start = anyio.current_time()
+    with pytest.raises(DeadlineExceeded):
+        await Timeout(0.05).call(hedge.call, op)
+    assert numbers(op) == [1, 2] and op.running == 0
+    if backend_name != "uvloop":
+        assert anyio.current_time() - start == pytest.approx(0.05)
+    with anyio.move_on_after(0.05) as scope:
+        await Timeout(5.0).call(hedge.call, Attempts({}))
+    assert scope.cancelled_caught
     assert hedge.statistics().cancelled == 2
 
 

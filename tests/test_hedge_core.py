@@ -115,9 +115,17 @@ class HedgeMachine(RuleBasedStateMachine):
         if number == 0:
             assert self.core.statistics().budget_refusals == before + 1
             assert race.next_start() is None  # no further attempt in this call
+            budget = self.core.budget
+            assert budget is not None  # only a budget refuses
+            window = budget.statistics(self.now())
+            assert window.retries + 1 > window.allowed  # refused only when one more is too many
             self.refused += 1
             return
         assert number == model.starts[-1] + 1
+        budget = self.core.budget
+        if budget is not None:  # a grant never takes the window past what it allows at that time
+            window = budget.statistics(self.now())
+            assert window.retries <= window.allowed + 1e-9
         model.starts.append(number)
         model.running.append(number)
         self.launched += 1
@@ -201,12 +209,12 @@ class HedgeMachine(RuleBasedStateMachine):
         assert len(started) == self.launched
 
     @invariant()
-    def budget_is_never_exceeded(self) -> None:
+    def budget_counts_every_hedge(self) -> None:
         budget = self.core.budget
         if budget is not None:
             stats = budget.statistics(self.now())
-            assert stats.retries <= stats.allowed + 1e-9
             assert stats.total_retries == self.launched
+            assert stats.total_rejected == self.refused
 
     @invariant()
     def delay_follows_the_window(self) -> None:

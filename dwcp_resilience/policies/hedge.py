@@ -230,7 +230,11 @@ class Hedge(HedgeCore, PolicyBase):
                     else:
                         await sleep_for(clock, due - now)
                 race.sleeper = None
-                continue
+                if scope.cancel_called or race.next_start() is None:
+                    continue
+                # The timer ran out: the delay is over, whatever a clock rounder than the timer
+                # reads (looptime, uvloop's milliseconds): no second look, which could spin.
+                now = clock()
             number = self.launch(race, now)
             if number == 0:  # the budget refused: this call starts no more attempts
                 return
