@@ -28,6 +28,8 @@ ROWS = (
     ("Latency budgets", "latency_budget_", "budget"),
     ("Degradation", "degradation_", "manager"),
     ("Chaos", "chaos_", "chaos"),
+    ("Hedges", "hedge_", "policy"),
+    ("Fallbacks", "fallback_", "policy"),
     ("Manager operations", "operation_", "manager, operation"),
     ("Fleet state (Redis)", "fleet_", "kind, name"),
     ("Fleet rate limiters", "fleet_rate_limiter_", "limiter"),
@@ -109,8 +111,8 @@ def build_dashboard() -> dict[str, Any]:
         "tags": ["dwcp", "resilience"],
         "description": (
             "Circuit breakers, retries, health checks, rate limiters, bulkheads, error and latency "
-            "budgets, degradation, chaos and fleet (Redis) state of dwcp_resilience (one panel "
-            "per metric family)."
+            "budgets, degradation, chaos, hedges, fallbacks and fleet (Redis) state of "
+            "dwcp_resilience (one panel per metric family)."
         ),
         "editable": True,
         "schemaVersion": 39,
