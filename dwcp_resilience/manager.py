@@ -487,10 +487,13 @@ class ResilienceManager:
         hedged = 1 if c.hedge is None else c.hedge.max_hedged_attempts + 1
         attempt_timeout = _INF if c.timeout is None else c.timeout.seconds
         deadline = _INF if c.deadline is None else c.deadline
-        if attempts * hedged > self._max_attempts:
+        # A budgeted hedge adds at most its budget's share of attempts on average: only an
+        # unbudgeted one multiplies the load (worst_case_attempts counts hedges either way).
+        multiplied = attempts * (hedged if c.hedge is not None and c.hedge.budget is None else 1)
+        if multiplied > self._max_attempts:
+            what = "retries" if multiplied == attempts else "retries and unbudgeted hedges"
             problems.append(
-                f"retries and hedges multiply each call into {attempts * hedged} attempts "
-                f"(limit {self._max_attempts})"
+                f"{what} multiply each call into {multiplied} attempts (limit {self._max_attempts})"
             )
         hedge_delay = _INF
         if c.hedge is not None:

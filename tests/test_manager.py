@@ -530,8 +530,10 @@ def test_report_counts_hedges_and_flags_a_delay_past_the_attempt_timeout() -> No
     assert report.problems == ()
     with pytest.warns(PipelineWarning, match="hedge delay 1s >= attempt timeout"):
         rm.register_hedge("op", delay=1.0)
-    with pytest.warns(PipelineWarning, match="12 attempts"):
-        rm.register_hedge("op", delay=0.2, max_hedged_attempts=2)
+    rm.register_hedge("op", delay=0.2, max_hedged_attempts=2)  # budgeted: no warning
+    assert rm.describe("op").worst_case_attempts == 12
+    with pytest.warns(PipelineWarning, match="unbudgeted hedges multiply each call into 12"):
+        rm.register_hedge("op", delay=0.2, max_hedged_attempts=2, budget_ratio=None)
 
 
 async def test_register_fallback_sheds_at_the_managers_level(anyio_backend: Any) -> None:
