@@ -254,6 +254,33 @@ async def test_decorator_keeps_the_signature(backend_name: str) -> None:
         fallback(lambda: None)  # type: ignore[arg-type, return-value]
 
 
+async def test_the_decorator_sheds_and_never_answers_a_cancellation(backend_name: str) -> None:
+    dm = DegradationManager("dm")
+    fallback = Fallback("f", value="shed", degradation=dm, shed_at=DegradationLevel.EMERGENCY)
+    events: RecordingListener[FallbackUsed] = RecordingListener()
+    fallback.add_listener(events)
+    entered = anyio.Event()
+
+    @fallback
+    async def slow() -> str:
+        entered.set()
+        await anyio.sleep(10)
+        return "late"
+
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow)
+            await entered.wait()
+            scope.cancel()
+    assert scope.cancelled_caught
+    dm.set_component_level("net", DegradationLevel.EMERGENCY)
+    assert await slow() == "shed"
+    stats = fallback.statistics()
+    assert (stats.cancelled, stats.fallbacks_by_reason()["degraded"]) == (1, 1)
+    assert [e.exception for e in events.events] == [Degraded]
+    assert fallback.name == "f"
+
+
 async def test_listeners_see_each_fallback_and_a_raising_one_changes_nothing(
     backend_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:

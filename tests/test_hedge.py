@@ -471,6 +471,15 @@ async def test_not_callable_and_sync_functions_are_refused(backend_name: str) ->
 
     with pytest.raises(NotCallable):
         await hedge.call(coro())  # type: ignore[arg-type]
+    assert hedge.name == "h" and hedge.max_hedged_attempts == 1
+
+    async def calls_a_coroutine() -> None:
+        await hedge.call(coro())  # type: ignore[arg-type]
+
+    outer = Hedge("outer", delay=SLOW)
+    with pytest.raises(NotCallable) as info:  # a NotCallable in an attempt ends the race
+        await outer.call(calls_a_coroutine)
+    assert "ended by this exception" in info.value.__notes__[0]
     with pytest.raises(TypeError, match="async def"):
         hedge(lambda: None)  # type: ignore[arg-type, return-value]
     assert hedge.statistics().calls == 0
