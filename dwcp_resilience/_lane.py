@@ -25,11 +25,12 @@ and the timeout's :class:`~dwcp_resilience.policies.timeout.Sweeper` (``open``/`
 
 It runs on asyncio and uvloop (trio takes the chain), and only when the manager and the limiter
 read the loop's clock, every policy is fusable (the library's own classes, no subclass overriding
-``call``, no per-breaker timeout) and there is no chaos, adaptive rate limiter, adaptive throttle,
-adaptive concurrency limiter, retry budget or retry ``total_timeout``; any other stack is the plain
-compiled chain (which runs every component: the lane declines a stack, it never drops a part). The
-Hypothesis equivalence test of the manager against hand-chained policies (``tests/test_fused.py``)
-covers both paths, deadlines included.
+``call``, no per-breaker timeout) and there is no chaos, hedge, fallback, adaptive rate limiter,
+adaptive throttle, adaptive concurrency limiter, retry budget or retry ``total_timeout``; any other
+stack is the plain compiled chain (:func:`~dwcp_resilience._stack.compile_stack`, which runs every
+component: the lane declines a stack, it never drops a part). The Hypothesis equivalence test of
+the manager against hand-chained policies (``tests/test_fused.py``) covers both paths, deadlines
+included.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def lane_for(operation: str, components: Components, counts: Counts, clock: Cloc
         return None
     if c.throttle is not None or c.concurrency is not None:
         return None  # no admission of theirs in the lane: the chain runs them
+    if c.hedge is not None or c.fallback is not None:
+        return None  # a hedge races attempts in a task group, a fallback encloses the deadline
     if c.bulkhead is not None and admission_of(c.bulkhead) is None:
         return None
     if c.retry is not None and (type(c.retry).call is not Retry.call or not c.retry._plain):

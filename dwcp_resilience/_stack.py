@@ -5,7 +5,10 @@ registration into an immutable runner (the manager swaps stacks whole, so a call
 stack it started with); :class:`Counts` are the operation's outcome counters, shared by the
 stacks that replace each other. The manager builds the usual stack as a
 :class:`~dwcp_resilience._lane._LaneStack`, which runs a call's first attempt in one frame and falls
-back to :meth:`Stack.run` whenever an admission is not there at once.
+back to :meth:`Stack.run` whenever an admission is not there at once; any other stack is
+:func:`compile_stack`'s: a :class:`Stack`, or a :class:`FallbackStack` when a fallback is
+registered (outermost, around everything :meth:`Stack.run` does, the deadline and the recording of
+the outcome included: the budgets see the protected call's real outcome, the caller the answer).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .core._fused import WAIT, admission_of, fuse
 from .core.clock import Clock
@@ -24,6 +27,8 @@ from .policies.breaker import CircuitBreaker
 from .policies.bulkhead import Bulkhead
 from .policies.chaos import Chaos
 from .policies.concurrency import AdaptiveConcurrencyLimiter
+from .policies.fallback import Fallback
+from .policies.hedge import Hedge
 from .policies.ratelimit import RateLimiter
 from .policies.retry import Retry
 from .policies.throttle import AdaptiveThrottle
@@ -44,8 +49,10 @@ _deadline_get = deadline_var.get
 
 @dataclass(frozen=True, slots=True)
 class Components:
+    fallback: Fallback[Any] | None = None
     bulkhead: Bulkhead | None = None
     retry: Retry | None = None
+    hedge: Hedge | None = None
     breaker: CircuitBreaker | None = None
     throttle: AdaptiveThrottle | None = None
     concurrency: AdaptiveConcurrencyLimiter | None = None
@@ -58,11 +65,15 @@ class Components:
     budget_shares_clock: bool = False  # the error budget reads the manager's clock
 
     def layers(self) -> list[tuple[str, Any]]:
+        """The registered policies by kind, outermost first (the fallback encloses the deadline,
+        which :meth:`Stack.run` opens before the bulkhead; the others are the compiled chain)."""
         return [
             (kind, policy)
             for kind, policy in (
+                ("fallback", self.fallback),
                 ("bulkhead", self.bulkhead),
                 ("retry", self.retry),
+                ("hedge", self.hedge),
                 ("circuit_breaker", self.breaker),
                 ("adaptive_throttle", self.throttle),
                 ("adaptive_concurrency", self.concurrency),
@@ -113,7 +124,7 @@ class Stack:
         self.components = components
         self._counts = counts
         self._clock = clock
-        policies = [policy for _, policy in components.layers()]
+        policies = [policy for kind, policy in components.layers() if kind != "fallback"]
         head = admission_of(policies[0]) if policies else None
         self._head = head
         calls = [policy.call for policy in fuse(policies[1:] if head is not None else policies)]
@@ -218,3 +229,25 @@ class Stack:
             self._latency.record(elapsed)
         if self._adaptive is not None:
             self._adaptive.record_latency(elapsed)
+
+
+class FallbackStack(Stack):
+    """A compiled stack with a fallback around all of :meth:`Stack.run`."""
+
+    __slots__ = ("_fallback",)
+
+    def __init__(self, operation: str, components: Components, counts: Counts, clock: Clock):
+        super().__init__(operation, components, counts, clock)
+        assert components.fallback is not None
+        self._fallback = components.fallback.call
+
+    async def run(self, ctx: OperationContext, op: Operation[T]) -> T:
+        return cast(T, await self._fallback(Stack.run, self, ctx, op))
+
+
+def compile_stack(operation: str, components: Components, counts: Counts, clock: Clock) -> Stack:
+    """The general stack for ``components``: a :class:`FallbackStack` when a fallback is
+    registered, else a :class:`Stack`."""
+    if components.fallback is not None:
+        return FallbackStack(operation, components, counts, clock)
+    return Stack(operation, components, counts, clock)

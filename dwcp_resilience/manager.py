@@ -3,10 +3,14 @@
 The manager holds no policy logic. It keeps, per operation name, at most one policy of each kind and
 runs ``await rm.execute_with_all_protections(ctx, op)`` through them in this order, outermost first::
 
-    [deadline] -> bulkhead -> retry -> circuit breaker -> adaptive throttle -> adaptive concurrency
-        -> rate limiter -> attempt timeout -> chaos -> op
+    fallback -> [deadline] -> bulkhead -> retry -> hedge -> circuit breaker -> adaptive throttle
+             -> adaptive concurrency -> rate limiter -> attempt timeout -> chaos -> op
 
 then records the outcome to the operation's error budget and its latency to its latency budget.
+
+- ``fallback`` encloses everything, the deadline and the recording included: when the protected call
+  fails or is refused (or the degradation level sheds it), the caller gets the fallback's answer,
+  while the error and latency budgets and the operation's counts record what really happened.
 
 - ``[deadline]`` is the earlier of the :class:`~dwcp_resilience.OperationContext`'s deadline and the
   operation's registered total deadline (:meth:`ResilienceManager.register_deadline`). It encloses
@@ -14,6 +18,9 @@ then records the outcome to the operation's error budget and its latency to its 
   fires the caller gets :class:`~dwcp_resilience.DeadlineExceeded`. (DESIGN.md draws the deadline
   inside the bulkhead; a caller's deadline that a queue wait could overrun would not bound "the whole
   run", so the scope starts first. The bulkhead still comes before any attempt.)
+- ``hedge`` races the attempts of one retry attempt: each hedged attempt passes the breaker, the
+  adaptive policies, spends a token and gets its own timeout, as a retry does; a loser cancelled by
+  the winner is neutral to the breaker.
 - Every attempt passes the breaker (so it sees each one), then the adaptive throttle (an attempt the
   breaker refused never counts as a request to the backend, and a local throttling is no breaker
   failure), then the adaptive concurrency limiter (its samples are single attempts, timed without
@@ -47,7 +54,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar, Unpack
 
 from ._lane import lane_for
-from ._stack import Components, Counts, Stack
+from ._stack import Components, Counts, Stack, compile_stack
 from .core.clock import Clock, loop_time
 from .core.context import OperationContext
 from .core.errors import not_callable
@@ -58,6 +65,8 @@ from .policies.breaker import BreakerOptions, CircuitBreaker
 from .policies.bulkhead import Bulkhead
 from .policies.chaos import Chaos
 from .policies.concurrency import AdaptiveConcurrencyLimiter, ConcurrencyLimiterOptions
+from .policies.fallback import Fallback, FallbackOptions
+from .policies.hedge import Hedge, HedgeOptions, Percentile
 from .policies.ratelimit import RateLimiter
 from .policies.retry import Retry, RetryOptions
 from .policies.throttle import AdaptiveThrottle, ThrottleOptions
@@ -80,6 +89,7 @@ T = TypeVar("T")
 Operation = Callable[[OperationContext], Awaitable[T]]
 
 _INF = math.inf
+_NO_VALUE: Any = object()  # register_fallback without value= (None is a value)
 
 
 class PipelineWarning(UserWarning):
@@ -191,9 +201,9 @@ class ResilienceManager:
                 warnings.warn(message, PipelineWarning, stacklevel=3)
             counts = self._counts.setdefault(operation, Counts())
             self._components[operation] = new
-            self._stacks[operation] = lane_for(operation, new, counts, self._clock) or Stack(
+            self._stacks[operation] = lane_for(
                 operation, new, counts, self._clock
-            )
+            ) or compile_stack(operation, new, counts, self._clock)
 
     def register(self, operation: str, *policies: object) -> None:
         """Register built policy objects (of any kind below) for ``operation``.
@@ -219,6 +229,10 @@ class ResilienceManager:
                 changes["timeout"] = policy
             elif isinstance(policy, Chaos):
                 changes["chaos"] = policy
+            elif isinstance(policy, Hedge):
+                changes["hedge"] = policy
+            elif isinstance(policy, Fallback):
+                changes["fallback"] = policy
             elif isinstance(policy, ErrorBudget):
                 changes["error_budget"] = policy
                 changes["budget_shares_clock"] = False
@@ -357,6 +371,55 @@ class ResilienceManager:
         self._update(name, chaos=chaos)
         return chaos
 
+    def register_hedge(
+        self,
+        name: str,
+        delay: float | Percentile = 2.0,
+        max_hedged_attempts: int = 1,
+        **options: Unpack[HedgeOptions],
+    ) -> Hedge:
+        """Hedge every attempt of ``name``: after ``delay`` (seconds, or a
+        :class:`~dwcp_resilience.Percentile` of recent latencies) start another, up to
+        ``max_hedged_attempts`` more; the first success wins. ``options`` go to
+        :class:`~dwcp_resilience.Hedge` (its own budget by default: 10 % of calls)."""
+        hedge = Hedge(
+            name,
+            delay=delay,
+            max_hedged_attempts=max_hedged_attempts,
+            clock=self._clock,
+            **options,
+        )
+        self._update(name, hedge=hedge)
+        return hedge
+
+    def register_fallback(
+        self,
+        name: str,
+        *,
+        value: object = _NO_VALUE,
+        handler: Callable[[Exception], object] | None = None,
+        **options: Unpack[FallbackOptions],
+    ) -> Fallback[Any]:
+        """Answer failed or refused calls of ``name`` with ``value`` or ``handler(exception)``
+        (outermost: the deadline's ``DeadlineExceeded`` is answered too). With ``shed_at``
+        (a :class:`~dwcp_resilience.DegradationLevel`), calls made while this manager's
+        degradation level is at or above it are not run: the fallback answers at once.
+        ``options`` go to :class:`~dwcp_resilience.Fallback`."""
+        degradation = self.degradation if options.get("shed_at") is not None else None
+        fallback: Fallback[Any]
+        if handler is not None and value is _NO_VALUE:
+            fallback = Fallback(
+                name, handler=handler, degradation=degradation, clock=self._clock, **options
+            )
+        elif handler is None and value is not _NO_VALUE:
+            fallback = Fallback(
+                name, value=value, degradation=degradation, clock=self._clock, **options
+            )
+        else:
+            raise TypeError("give exactly one of value= and handler=")
+        self._update(name, fallback=fallback)
+        return fallback
+
     def register_error_budget(
         self, name: str, slo: float, window: float = 3600.0, **options: Unpack[ErrorBudgetOptions]
     ) -> ErrorBudget:
@@ -449,12 +512,26 @@ class ResilienceManager:
     def _report(self, operation: str, c: Components) -> StackReport:
         problems: list[str] = []
         attempts = 1 if c.retry is None else c.retry.max_retries + 1
+        hedged = 1 if c.hedge is None else c.hedge.max_hedged_attempts + 1
         attempt_timeout = _INF if c.timeout is None else c.timeout.seconds
         deadline = _INF if c.deadline is None else c.deadline
-        if attempts > self._max_attempts:
+        # A budgeted hedge adds at most its budget's share of attempts on average: only an
+        # unbudgeted one multiplies the load (worst_case_attempts counts hedges either way).
+        multiplied = attempts * (hedged if c.hedge is not None and c.hedge.budget is None else 1)
+        if multiplied > self._max_attempts:
+            what = "retries" if multiplied == attempts else "retries and unbudgeted hedges"
             problems.append(
-                f"retries multiply each call into {attempts} attempts (limit {self._max_attempts})"
+                f"{what} multiply each call into {multiplied} attempts (limit {self._max_attempts})"
             )
+        hedge_delay = _INF
+        if c.hedge is not None:
+            percentile = c.hedge.percentile
+            hedge_delay = c.hedge.delay() if percentile is None else percentile.fallback
+            if percentile is None and math.isfinite(hedge_delay) and hedge_delay >= attempt_timeout:
+                problems.append(
+                    f"hedge delay {hedge_delay:g}s >= attempt timeout {attempt_timeout:g}s: no "
+                    "hedge starts while an attempt is slow, only after it failed"
+                )
         if c.retry is not None and math.isfinite(deadline) and attempt_timeout >= deadline:
             problems.append(
                 f"attempt timeout {attempt_timeout:g}s >= total deadline {deadline:g}s: "
@@ -475,12 +552,19 @@ class ResilienceManager:
         queue_wait = 0.0  # per attempt: the adaptive limiter sits inside the retry
         if c.concurrency is not None and c.concurrency.max_queue > 0:
             queue_wait = c.concurrency.max_wait
+        # A hedged round ends at most one attempt timeout after its last attempt started; a
+        # percentile delay is bounded by the attempt timeout (it samples attempts that finished).
+        if c.hedge is not None and hedged > 1:
+            bound = hedge_delay if c.hedge.percentile is None else max(hedge_delay, attempt_timeout)
+            attempt_timeout = attempt_timeout + (hedged - 1) * bound
         latency = wait + attempts * (queue_wait + attempt_timeout) + backoff_total
         latency = min(latency, deadline)
-        layers = tuple(kind for kind, _ in c.layers())
+        layers = tuple(kind for kind, _ in c.layers() if kind != "fallback")
         if c.deadline is not None:
             layers = ("deadline", *layers)
-        return StackReport(operation, layers, attempts, latency, tuple(problems))
+        if c.fallback is not None:
+            layers = ("fallback", *layers)
+        return StackReport(operation, layers, attempts * hedged, latency, tuple(problems))
 
     # --- health, snapshot, lifetime ---------------------------------------------------------------
 

@@ -17,6 +17,7 @@ MODULES = (
     "policies.timeout", "policies.backoff", "policies.retry", "policies.retry_budget",
     "policies.breaker", "policies.ratelimit", "policies.adaptive", "policies.keyed",
     "policies.bulkhead", "policies.concurrency", "policies.throttle", "policies.chaos",
+    "policies.hedge", "policies.fallback",
     "slo.checks", "slo.health", "slo.error_budget", "slo.latency_budget", "slo.degradation",
     "slo.shedding",
     "manager",

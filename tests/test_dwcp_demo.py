@@ -74,6 +74,9 @@ async def test_demo_delivers_everything_once_and_draws_the_timeline(tmp_path: Pa
     assert summary.delivered_exactly_once + summary.undelivered == 400
     assert picture.stat().st_size > 10_000
     assert any(line.startswith("  lost") for line in lines)
+    # carol's hedged discoveries: counted, with their p99 and what the hedge did
+    (discoveries,) = [line for line in lines if line.startswith("  discoveries")]
+    assert "p99" in discoveries and "hedges started" in discoveries and "won" in discoveries
     # The screen says what DWCP is, then what its counters count, before the first status.
     assert lines[0] == DWCP_MEANING
     first_status = next(i for i, line in enumerate(lines) if line.startswith("t="))
@@ -174,7 +177,9 @@ def test_the_timeline_draws_each_line_in_its_own_panel_and_labels_outside_the_da
         assert len(latency.collections) == 3  # ok, failed, rejected: three marker styles
         # Band numbers sit above the top panel; the panels themselves carry no text.
         labelled = [entry for entry in DEMO_SCHEDULE if entry[3]]
-        assert [t.get_text() for t in breaker.texts] == [str(i) for i in range(1, 6)]
+        assert [t.get_text() for t in breaker.texts] == [
+            str(i) for i in range(1, len(labelled) + 1)
+        ]
         assert all(t.get_position()[1] > 1.0 for t in breaker.texts)  # axes fraction: above
         assert len(level.texts) == len(latency.texts) == 0
         # The band names and the send kinds are in the figure's legend, below the panels.

@@ -93,6 +93,20 @@ async def test_jitter_stays_within_its_bounds() -> None:
         assert proxy.statistics().delayed_chunks == 5
 
 
+async def test_a_partial_latency_delays_only_its_share_of_chunks() -> None:
+    """probability=0.25 over 40 pings (80 chunks): some delayed, most not (seeded, so exact)."""
+    tail = Latency(0.001, probability=0.25)
+    async with through_proxy(tail, seed=3) as (_, proxy), await connect(proxy) as conn:
+        for _ in range(40):
+            await conn.ping()
+        delayed = proxy.statistics().delayed_chunks
+    assert 5 <= delayed <= 40  # 20 expected; never all 80, never none
+    async with through_proxy(Latency(0.001, probability=0.0)) as (_, proxy):
+        async with await connect(proxy) as conn:
+            await conn.ping()
+        assert proxy.statistics().delayed_chunks == 0
+
+
 async def test_bandwidth_caps_throughput() -> None:
     async with through_proxy(Bandwidth(20_000, direction="upstream")) as (_, proxy):
         async with await connect(proxy) as conn:
@@ -267,6 +281,7 @@ async def test_aclose_cuts_every_proxied_connection() -> None:
     [
         (lambda: Latency(-1), "delay"),
         (lambda: Latency(0.1, jitter=float("nan")), "jitter"),
+        (lambda: Latency(0.1, probability=1.5), "probability"),
         (lambda: Bandwidth(0), "rate"),
         (lambda: Slicer(0), "size"),
         (lambda: Slicer(1, delay=-1), "delay"),

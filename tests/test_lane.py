@@ -21,14 +21,18 @@ from dwcp_resilience import (
     CircuitBreaker,
     CircuitOpen,
     DeadlineExceeded,
+    Fallback,
+    Hedge,
     OperationContext,
     RateLimiter,
     ResilienceManager,
     Retry,
     Timeout,
     current_deadline,
+    hedge_attempt,
 )
 from dwcp_resilience._lane import _LaneStack
+from dwcp_resilience._stack import FallbackStack
 from dwcp_resilience.dwcp import SEND, DWCPPeer, DWCPResilienceConfig, DWCPResilientClient
 from dwcp_resilience.slo.error_budget import ErrorBudget
 from dwcp_resilience.slo.latency_budget import LatencyBudget
@@ -126,6 +130,46 @@ def test_the_lane_runs_any_fusable_breaker_through_its_admission(breaker: object
     """The lane admits and records through the breaker's own admission (its clock, its result
     predicate, its histogram), so a breaker need only be fusable."""
     assert isinstance(_stack_of(*_usual()[:2], breaker), _LaneStack)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [Hedge("hd", delay=1.0), Fallback("f", value=0)],
+    ids=["hedge", "fallback"],
+)
+def test_a_hedge_or_a_fallback_takes_the_general_stack_and_is_kept(policy: object) -> None:
+    """The lane cannot race attempts nor enclose its own deadline scope: it declines, and the
+    general stack keeps the component (nothing dropped)."""
+    rm = ResilienceManager("m")
+    rm.register("op", *_usual()[:5], policy)
+    stack = rm._stacks["op"]
+    assert not isinstance(stack, _LaneStack)
+    assert isinstance(stack, FallbackStack) == isinstance(policy, Fallback)
+    kind = "hedge" if isinstance(policy, Hedge) else "fallback"
+    assert rm.components("op")[kind] is policy
+    assert kind in rm.describe("op").layers
+
+
+@pytest.mark.anyio
+async def test_a_hedge_and_a_fallback_act_in_the_general_stack(backend_name: str) -> None:
+    rm = ResilienceManager("m")
+    rm.register("op", *_usual()[:5])
+    hedge = rm.register_hedge("op", delay=0.01)
+    fallback = rm.register_fallback("op", value="fallback")
+
+    async def op(ctx: OperationContext) -> str:
+        if hedge_attempt() == 1:
+            await anyio.sleep(10)
+        return "hedged"
+
+    assert await rm.execute_with_all_protections("op", op) == "hedged"
+    assert hedge.statistics().hedge_wins == 1
+
+    async def bug(ctx: OperationContext) -> str:
+        raise KeyError("bug")
+
+    assert await rm.execute_with_all_protections("op", bug) == "fallback"
+    assert fallback.statistics().fallbacks_by_reason()["failure"] == 1
 
 
 def test_nothing_to_run_takes_no_lane() -> None:

@@ -18,9 +18,14 @@ from dwcp_resilience import (
     BulkheadFull,
     CircuitOpen,
     DeadlineExceeded,
+    DegradationLevel,
+    Fallback,
+    Hedge,
     OperationContext,
     RateLimited,
     Timeout,
+    current_deadline,
+    hedge_attempt,
 )
 from dwcp_resilience.manager import (
     PipelineConfigError,
@@ -36,7 +41,7 @@ from dwcp_resilience.policies.chaos import Chaos
 from dwcp_resilience.policies.ratelimit import RateLimiter
 from dwcp_resilience.policies.retry import Retry
 from dwcp_resilience.slo.checks import PingCheck
-from dwcp_resilience.testing import FakeClock
+from dwcp_resilience.testing import FakeClock, RecordingListener
 
 pytestmark = pytest.mark.anyio
 
@@ -161,6 +166,99 @@ def test_register_the_adaptive_policies_on_the_managers_clock() -> None:
     other = ResilienceManager("n")
     other.register("op", AdaptiveThrottle("t"), AdaptiveConcurrencyLimiter("c"))
     assert list(other.components("op")) == ["adaptive_throttle", "adaptive_concurrency"]
+
+
+async def test_order_with_a_fallback_and_a_hedge(anyio_backend: Any) -> None:
+    """fallback -> [deadline] -> bulkhead -> retry -> hedge -> circuit breaker -> rate limiter ->
+    attempt timeout -> chaos -> op; the fallback is outside the operation's deadline, the
+    bulkhead inside it."""
+    log: list[str] = []
+
+    def recording(cls: type[Any], label: str) -> type[Any]:
+        class Recording(cls):  # type: ignore[misc]
+            async def call(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+                deadline = "deadline" if math.isfinite(current_deadline()) else "no deadline"
+                log.append(f"{label} ({deadline})")
+                return await super().call(fn, *args, **kwargs)
+
+        return Recording
+
+    rm = ResilienceManager("m")
+    rm.register(
+        "op",
+        recording(Chaos, "chaos")("chaos", rate=0.0),
+        recording(Timeout, "timeout")(5.0),
+        recording(RateLimiter, "rate_limiter")("rl", rate=1000, burst=10),
+        recording(CircuitBreaker, "circuit_breaker")("cb"),
+        recording(Hedge, "hedge")("hd", delay=4.0),
+        recording(Retry, "retry")("r", max_retries=1, backoff=ConstantBackoff(0.0)),
+        recording(Bulkhead, "bulkhead")("bh", max_concurrent=2),
+        recording(Fallback, "fallback")("fb", value="fallback"),
+    )
+    rm.register_deadline("op", 60.0)
+
+    async def op(ctx: OperationContext) -> str:
+        log.append("op")
+        return "result"
+
+    assert await rm.execute_with_all_protections("op", op) == "result"
+    assert log == [
+        "fallback (no deadline)",
+        "bulkhead (deadline)",
+        "retry (deadline)",
+        "hedge (deadline)",
+        "circuit_breaker (deadline)",
+        "rate_limiter (deadline)",
+        "timeout (deadline)",
+        "chaos (deadline)",
+        "op",
+    ]
+    assert rm.describe("op").layers == (
+        "fallback",
+        "deadline",
+        "bulkhead",
+        "retry",
+        "hedge",
+        "circuit_breaker",
+        "rate_limiter",
+        "timeout",
+        "chaos",
+    )
+
+
+@pytest.mark.virtual_time
+async def test_order_seen_by_recording_listeners(anyio_backend: Any) -> None:
+    """Every attempt fails after 0.5 s. The hedge races two attempts per retry attempt, the retry
+    retries the hedged call once, the breaker sees all four attempts, and the fallback answers
+    what the retry gave up on: the events come in exactly that nesting."""
+    events: RecordingListener[Any] = RecordingListener()
+    rm = ResilienceManager("m")
+    fallback = rm.register_fallback("op", value="fallback", listeners=[events])
+    retry = rm.register_retry_policy("op", 1, 0.25, 0.25, 1.0, False, retry_on=OSError)
+    retry.add_listener(events)
+    hedge = rm.register_hedge("op", delay=0.1, budget_ratio=None, listeners=[events])
+    breaker = rm.register_circuit_breaker("op", max_failures=10)
+    attempts: list[tuple[int, float]] = []
+    start = anyio.current_time()
+
+    async def op(ctx: OperationContext) -> str:
+        attempts.append((hedge_attempt(), anyio.current_time() - start))
+        await anyio.sleep(0.5)
+        raise Boom("down")
+
+    assert await rm.execute_with_all_protections("op", op) == "fallback"
+    assert [type(e).__name__ for e in events.events] == [
+        "HedgeStarted",
+        "RetryScheduled",
+        "HedgeStarted",
+        "RetryGaveUp",
+        "FallbackUsed",
+    ]
+    assert attempts == [(1, 0.0), (2, 0.1), (1, 0.85), (2, pytest.approx(0.95))]
+    assert breaker.statistics().failures == 4
+    assert hedge.statistics().failures == 2 and fallback.statistics().total_fallbacks == 1
+    counts = rm.statistics("op")
+    assert (counts.calls, counts.failures) == (1, 1)  # the real outcome, behind the fallback
 
 
 async def test_each_attempt_passes_the_breaker_and_spends_a_token(anyio_backend: Any) -> None:
@@ -489,6 +587,46 @@ def test_report_gives_worst_case_attempts_and_latency() -> None:
     assert rm.describe("op").worst_case_latency == 3.0
     assert rm.describe("op").layers[0] == "deadline"
     assert rm.describe("unknown").worst_case_latency == math.inf
+
+
+def test_report_counts_hedges_and_flags_a_delay_past_the_attempt_timeout() -> None:
+    rm = ResilienceManager("m")
+    rm.register_retry_policy("op", 3, 0.1, 1.0, 2.0, True)
+    rm.register_timeout("op", 0.5)
+    rm.register_hedge("op", delay=0.2, max_hedged_attempts=1)
+    report = rm.describe("op")
+    assert report.worst_case_attempts == 8  # 4 retry attempts, each hedged once
+    # each retry attempt: the hedge starts at most 0.2 s in and times out 0.5 s later
+    assert report.worst_case_latency == pytest.approx(4 * (0.5 + 0.2) + 3 * 1.0)
+    assert report.problems == ()
+    with pytest.warns(PipelineWarning, match="hedge delay 1s >= attempt timeout"):
+        rm.register_hedge("op", delay=1.0)
+    rm.register_hedge("op", delay=0.2, max_hedged_attempts=2)  # budgeted: no warning
+    assert rm.describe("op").worst_case_attempts == 12
+    with pytest.warns(PipelineWarning, match="unbudgeted hedges multiply each call into 12"):
+        rm.register_hedge("op", delay=0.2, max_hedged_attempts=2, budget_ratio=None)
+
+
+async def test_register_fallback_sheds_at_the_managers_level(anyio_backend: Any) -> None:
+    rm = ResilienceManager("m")
+    fallback = rm.register_fallback(
+        "op", handler=lambda exc: type(exc).__name__, shed_at=DegradationLevel.EMERGENCY
+    )
+    ran: list[str] = []
+
+    async def op(ctx: OperationContext) -> str:
+        ran.append(ctx.operation)
+        return "ran"
+
+    assert await rm.execute_with_all_protections("op", op) == "ran"
+    rm.degradation.set_component_level("db", DegradationLevel.EMERGENCY)
+    assert await rm.execute_with_all_protections("op", op) == "Degraded"
+    assert ran == ["op"] and fallback.shed_at == DegradationLevel.EMERGENCY
+    assert rm.register_fallback("other", value=None).shed_at is None
+    with pytest.raises(TypeError, match="exactly one"):
+        rm.register_fallback("op")
+    with pytest.raises(TypeError, match="exactly one"):
+        rm.register_fallback("op", value=1, handler=lambda exc: 2)
 
 
 def test_register_refuses_unknown_objects_and_bad_names() -> None:

@@ -29,6 +29,8 @@ from dwcp_resilience.policies.breaker import CircuitBreaker
 from dwcp_resilience.policies.bulkhead import Bulkhead
 from dwcp_resilience.policies.chaos import Chaos, ErrorFault
 from dwcp_resilience.policies.concurrency import AIMD, AdaptiveConcurrencyLimiter
+from dwcp_resilience.policies.fallback import Fallback
+from dwcp_resilience.policies.hedge import Hedge, hedge_attempt
 from dwcp_resilience.policies.keyed import KeyedRateLimiter
 from dwcp_resilience.policies.ratelimit import RateLimiter
 from dwcp_resilience.policies.retry import Retry
@@ -98,6 +100,17 @@ class AlwaysDrawsZero(random.Random):
         return 0.0
 
 
+async def refused() -> None:
+    raise CircuitOpen("elsewhere", 1.0)
+
+
+async def slow_first() -> int:
+    """The first attempt of a hedge takes 5 s (cancelled by the winner), a hedged one 1 ms."""
+    number = hedge_attempt()
+    await anyio.sleep(5.0 if number == 1 else 0.001)
+    return number
+
+
 class Traffic:
     """Every primitive, tracked, and the traffic each Go metric should see (with its oracle)."""
 
@@ -136,6 +149,11 @@ class Traffic:
         self.throttle = collector.track(AdaptiveThrottle("api-throttle", rng=AlwaysDrawsZero()))
         self.manager = collector.track_manager(ResilienceManager("rm"))
         self.manager.register_timeout("op", 10.0)
+        # a hedge whose budget refuses the second call's hedge (floor 1 per window, no ratio)
+        self.hedge = collector.track(
+            Hedge("lookup", delay=0.001, budget_ratio=0.0, min_hedges_per_second=0.1)
+        )
+        self.fallback = collector.track(Fallback("profile", value="cached"))
         self.release = anyio.Event()
 
     async def hold(self) -> None:
@@ -205,6 +223,14 @@ class Traffic:
                 await self.throttle.call(boom)
         with pytest.raises(Throttled):
             await self.throttle.call(ok)
+        # hedge: two slow-first calls; the first is hedged and the hedge wins, the second's hedge
+        # is refused by the budget
+        for _ in range(2):
+            assert await self.hedge.call(slow_first) in (1, 2)
+        # fallback: one success, one failure answered, one rejection answered
+        assert await self.fallback.call(ok) == "ok"
+        assert await self.fallback.call(boom) == "cached"
+        assert await self.fallback.call(refused) == "cached"
 
 
 # Each Go family: the samples that the traffic above must have changed, as (labels, before, after).
@@ -257,7 +283,10 @@ EXPECTED: dict[str, list[tuple[dict[str, str], float, float]]] = {
 }
 
 EXPECTED_EXTRA: dict[str, list[tuple[dict[str, str], float]]] = {
-    "dwcp_retry_budget_retries_total": [({"budget": "fetch-budget"}, 2)],
+    "dwcp_retry_budget_retries_total": [
+        ({"budget": "fetch-budget"}, 2),
+        ({"budget": "lookup-budget"}, 1),  # a hedge's own budget, tracked with it
+    ],
     "dwcp_rate_limiter_keys": [({"limiter": "peers"}, 2)],
     "dwcp_rate_limiter_allowed_total": [({"limiter": "peers"}, 2)],
     "dwcp_rate_limiter_rejected_total": [({"limiter": "peers"}, 1)],
@@ -272,6 +301,18 @@ EXPECTED_EXTRA: dict[str, list[tuple[dict[str, str], float]]] = {
     "dwcp_chaos_injections_total": [({"chaos": "chaos", "fault": "exception"}, 1)],
     "dwcp_chaos_checks_total": [({"chaos": "chaos"}, 1)],
     "dwcp_chaos_enabled": [({"chaos": "chaos"}, 1)],
+    "dwcp_hedge_calls_total": [({"policy": "lookup"}, 2)],
+    "dwcp_hedge_attempts_started_total": [({"policy": "lookup"}, 1)],
+    "dwcp_hedge_wins_total": [({"policy": "lookup"}, 1)],
+    "dwcp_hedge_budget_refused_total": [({"policy": "lookup"}, 1)],
+    "dwcp_hedge_delay_seconds": [({"policy": "lookup"}, 0.001)],
+    "dwcp_fallback_calls_total": [({"policy": "profile"}, 3)],
+    "dwcp_fallback_used_total": [
+        ({"policy": "profile", "reason": "failure"}, 1),
+        ({"policy": "profile", "reason": "rejected"}, 1),
+        ({"policy": "profile", "reason": "degraded"}, 0),
+    ],
+    "dwcp_fallback_handler_errors_total": [({"policy": "profile"}, 0)],
     "dwcp_operation_requests_total": [
         ({"manager": "rm", "operation": "op", "result": "success"}, 1),
         ({"manager": "rm", "operation": "op", "result": "rejected"}, 0),

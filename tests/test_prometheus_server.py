@@ -37,6 +37,8 @@ from dwcp_resilience.policies.breaker import CircuitBreaker
 from dwcp_resilience.policies.bulkhead import Bulkhead
 from dwcp_resilience.policies.chaos import Chaos, ErrorFault
 from dwcp_resilience.policies.concurrency import AdaptiveConcurrencyLimiter
+from dwcp_resilience.policies.fallback import Fallback
+from dwcp_resilience.policies.hedge import Hedge, hedge_attempt
 from dwcp_resilience.policies.keyed import KeyedRateLimiter
 from dwcp_resilience.policies.ratelimit import RateLimiter
 from dwcp_resilience.policies.retry import Retry
@@ -137,6 +139,8 @@ class App:
         self.chaos = track(Chaos("chaos", rate=0.5, faults=[ErrorFault()], rng=7))
         self.adaptive = track(AdaptiveConcurrencyLimiter("adaptive-pool", initial_limit=2))
         self.throttle = track(AdaptiveThrottle("api-throttle"))
+        self.hedge = track(Hedge("lookup", delay=0.001))
+        self.fallback = track(Fallback("profile", value="cached"))
         self.manager = collector.track_manager(ResilienceManager("app"))
         self.manager.register_bulkhead("op", max_concurrent=4)
         self.manager.register_error_budget("op", slo=0.99)
@@ -165,6 +169,12 @@ class App:
             raise OSError("one call in five fails")
         return "ok"
 
+    async def slow_first(self) -> int:
+        """A first attempt of 5 ms, hedged after 1 ms by an instant one (within the budget)."""
+        number = hedge_attempt()
+        await anyio.sleep(0.005 if number == 1 else 0.0)
+        return number
+
     async def work(self) -> None:
         await anyio.sleep(0.002)
 
@@ -184,6 +194,8 @@ class App:
         await self.adaptive.call(self.work)
         with contextlib.suppress(OSError, Throttled):  # refusals by the backend, and local ones
             await self.throttle.call(ok if self.tick % 3 else boom)
+        await self.hedge.call(self.slow_first)
+        await self.fallback.call(ok if self.tick % 3 else boom)
         self.latency.record(0.001 * (self.tick % 10))
 
     async def run(

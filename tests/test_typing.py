@@ -15,6 +15,10 @@ from dwcp_resilience import (
     CircuitBreaker,
     ErrorBudget,
     ErrorBudgetOptions,
+    Fallback,
+    FallbackOptions,
+    Hedge,
+    HedgeOptions,
     Retry,
     RetryOptions,
 )
@@ -24,7 +28,14 @@ mypy_api = pytest.importorskip("mypy.api")
 GOOD = """
 from typing import assert_type
 
-from dwcp_resilience import CircuitBreaker, ResilienceManager, Retry, RetryEvent, RetryScheduled
+from dwcp_resilience import (
+    CircuitBreaker,
+    Fallback,
+    ResilienceManager,
+    Retry,
+    RetryEvent,
+    RetryScheduled,
+)
 from dwcp_resilience.testing import RecordingListener
 
 breaker = CircuitBreaker("payments", max_failures=3)
@@ -46,6 +57,21 @@ async def main() -> bytes:
 
 events: RecordingListener[RetryEvent] = RecordingListener()
 assert_type(events.of_type(RetryScheduled), list[RetryScheduled])
+
+cached = Fallback("payments", value=b"")
+rm.register_hedge("payments", delay=0.05, budget_ratio=0.2)
+
+
+async def with_fallback() -> bytes:
+    return await cached.call(fetch, "https://example.invalid")
+
+
+async def from_cache(exc: Exception) -> str:
+    return "cached"
+
+
+async def maybe_text() -> bytes | str:
+    return await Fallback("p", handler=from_cache).call(fetch, "https://example.invalid")
 """
 
 BAD = {
@@ -61,6 +87,14 @@ BAD = {
     "wrong argument type": (
         'bad = CircuitBreaker("y").call(fetch, 3)',
         'incompatible type "int"; expected "str"',
+    ),
+    "a fallback's answer is part of the result type": (
+        "async def text() -> bytes:\n    return await Fallback('p', value=0).call(fetch, 'x')",
+        'Incompatible return value type (got "bytes | int", expected "bytes")',
+    ),
+    "misspelt hedge option": (
+        'rm.register_hedge("y", budget_ration=0.1)',
+        'Unexpected keyword argument "budget_ration"',
     ),
     "of_type is typed by the kind asked": (
         "events.of_type(RetryScheduled)[0].reason",
@@ -111,6 +145,8 @@ def _keywords(fn: Any) -> set[str]:
         ),
         (RetryOptions, Retry, {"name", "max_retries", "backoff"}),
         (ErrorBudgetOptions, ErrorBudget, {"name", "slo", "window", "clock"}),
+        (HedgeOptions, Hedge, {"name", "delay", "max_hedged_attempts", "clock"}),
+        (FallbackOptions, Fallback, {"name", "value", "handler", "degradation", "clock"}),
     ],
 )
 def test_register_options_name_every_other_keyword_of_the_policy(

@@ -233,6 +233,23 @@ def _chaos(s: Any, fold: Fold, out: Sink) -> None:
         out.add("chaos_injections_total", (*chaos, fault), count)
 
 
+def _hedge(s: Any, fold: Fold, out: Sink) -> None:
+    policy = fold("hedge", (s.name,))
+    out.add("hedge_calls_total", policy, s.calls)
+    out.add("hedge_attempts_started_total", policy, s.hedges_started)
+    out.add("hedge_wins_total", policy, s.hedge_wins)
+    out.add("hedge_budget_refused_total", policy, s.budget_refusals)
+    out.add("hedge_delay_seconds", policy, s.delay)
+
+
+def _fallback(s: Any, fold: Fold, out: Sink) -> None:
+    policy = fold("fallback", (s.name,))
+    out.add("fallback_calls_total", policy, s.calls)
+    for reason, count in s.fallbacks:
+        out.add("fallback_used_total", (*policy, reason), count)
+    out.add("fallback_handler_errors_total", policy, s.handler_errors)
+
+
 def _operation(s: Any, fold: Fold, out: Sink) -> None:
     manager, stats = s
     labels = fold("operation", (manager, stats.operation))
@@ -303,6 +320,8 @@ READERS: dict[str, Reader] = {
     "latency_budget": _latency_budget,
     "degradation": _degradation,
     "chaos": _chaos,
+    "hedge": _hedge,
+    "fallback": _fallback,
     "operation": _operation,
     "fleet_limiter": _fleet_limiter,
     "fleet_breaker": _fleet_breaker,
@@ -325,6 +344,8 @@ _CLASSES = (
     ("dwcp_resilience.slo.latency_budget", "LatencyBudget", "latency_budget"),
     ("dwcp_resilience.slo.degradation", "DegradationManager", "degradation"),
     ("dwcp_resilience.policies.chaos", "Chaos", "chaos"),
+    ("dwcp_resilience.policies.hedge", "Hedge", "hedge"),
+    ("dwcp_resilience.policies.fallback", "Fallback", "fallback"),
     ("dwcp_resilience.manager", "ResilienceManager", "manager"),
 )
 

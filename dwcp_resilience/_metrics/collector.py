@@ -98,7 +98,7 @@ def _expand(tracked: Iterable[tuple[str, Any]]) -> list[Entry]:
             add(classify(obj.degradation), obj.degradation)
             return
         out.append((kind, obj, snapshot))
-        if kind == "retry" and obj.budget is not None:
+        if kind in ("retry", "hedge") and obj.budget is not None:
             add(classify(obj.budget), obj.budget)
         elif kind == "fleet_breaker":  # its local breaker's own families (once, if tracked too)
             add(classify(obj.breaker), obj.breaker)
@@ -250,10 +250,12 @@ class ResilienceCollector:
 
     def track(self, primitive: T) -> T:
         """Expose ``primitive`` (a breaker, retry, retry budget, limiter, bulkhead, health monitor,
-        error or latency budget, degradation manager, chaos, a ``ResilienceManager``, or a fleet
-        primitive: ``RedisRateLimiter``, ``FleetBreaker``, ``FleetErrorBudget``); returns it.
+        error or latency budget, degradation manager, chaos, hedge, fallback, a
+        ``ResilienceManager``, or a fleet primitive: ``RedisRateLimiter``, ``FleetBreaker``,
+        ``FleetErrorBudget``); returns it.
 
-        Tracking the same object twice is a no-op; a ``Retry``'s budget is tracked with it; a manager
+        Tracking the same object twice is a no-op; a ``Retry``'s or a ``Hedge``'s budget is tracked
+        with it; a manager
         is read whole at every scrape (operations registered later included). A ``FleetBreaker``
         brings its local breaker and a ``FleetErrorBudget`` its local ``ErrorBudget`` (read once,
         even if tracked on their own too). Fleet primitives are read from their ``statistics()``

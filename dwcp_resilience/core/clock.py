@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
+import anyio
+
 from ._runtime import loop_now
 
 __all__ = ("Clock", "WaitableClock", "loop_time")
@@ -61,3 +63,16 @@ def clock_sleeper(clock: object) -> Callable[[float], Awaitable[None]] | None:
     """``clock.sleep_until`` when ``clock`` is a :class:`WaitableClock`, else ``None`` (a helper of
     the policies' waiting paths)."""
     return clock.sleep_until if isinstance(clock, WaitableClock) else None
+
+
+async def sleep_for(clock: Clock, seconds: float) -> None:
+    """Sleep ``seconds`` as ``clock`` counts: on the loop's timer (``anyio.sleep``) for the loop's
+    clock or a clock without a ``sleep_until`` hook, else through the hook (``FakeClock``: the sleep
+    ends when the test advances it, or it jumps, or it refuses the wait). Cancellable on every
+    backend. The one waiting helper of the policies that sleep a delay (retry backoff, hedge
+    delay)."""
+    sleep_until = None if clock is loop_time else clock_sleeper(clock)
+    if sleep_until is None:
+        await anyio.sleep(seconds)
+    else:
+        await sleep_until(clock() + seconds)

@@ -9,7 +9,9 @@ still tell a rejection (the callee never ran) from a deadline (the callee ran to
     │   ├── RateLimited                   a rate limiter had no token in time
     │   ├── BulkheadFull                  a bulkhead had no permit: ``reason`` is "full" or "timeout"
     │   │   └── ConcurrencyLimited        an adaptive concurrency limiter had no permit
-    │   └── Throttled                     an adaptive throttle refused the call locally
+    │   ├── Throttled                     an adaptive throttle refused the call locally
+    │   └── Degraded                      the degradation level said not to call (a ``Fallback``'s
+    │                                     ``shed_at``): what its handler receives
     ├── DeadlineExceeded                  (also TimeoutError) our own deadline fired
     └── NotCallable                       (also TypeError) ``call(fn(x))`` instead of ``call(fn, x)``
 
@@ -32,6 +34,7 @@ __all__ = (
     "CircuitOpen",
     "ConcurrencyLimited",
     "DeadlineExceeded",
+    "Degraded",
     "NotCallable",
     "RateLimited",
     "Rejected",
@@ -152,6 +155,32 @@ class Throttled(Rejected):
 
     def _describe(self) -> str:
         return "throttled: the backend accepts too few requests"
+
+
+class Degraded(Rejected):
+    """The degradation level was at or above a :class:`~dwcp_resilience.Fallback`'s ``shed_at``,
+    so the callee was not run and the fallback answered: this is the exception its handler
+    receives.
+
+    Args:
+        name: the fallback's name.
+        level: the degradation level seen (an ``int``; a ``DegradationLevel``).
+    """
+
+    def __init__(self, name: str, level: int) -> None:
+        ResilienceError.__init__(self, name, None, level)
+
+    @property
+    def level(self) -> int:
+        """The degradation level that shed the call."""
+        level: int = self.args[2]
+        return level
+
+    def _describe(self) -> str:
+        return f"shed at degradation level {self.level}"
+
+    def __repr__(self) -> str:
+        return f"Degraded({self.name!r}, level={self.level!r})"
 
 
 class DeadlineExceeded(ResilienceError, TimeoutError):

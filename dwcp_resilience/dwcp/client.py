@@ -13,7 +13,9 @@ operation                    protections (Go defaults)
                              token bucket 1000/s burst 100, error budget 99.9 % / 24 h,
                              latency budget p95 <= 100 ms
 ``network-receive``          bulkhead, retry, breaker 5 / 30 s / 0.25 s .. 2 s
-``peer-discovery``           retry, breaker ``max_failures // 2`` / 30 s / 0.25 s .. 2 s
+``peer-discovery``           retry, hedge (``discover_hedge``: after the p95 of recent
+                             discoveries, 0.25 s until 20 are known; 10 % budget),
+                             breaker ``max_failures // 2`` / 30 s / 0.25 s .. 2 s
 ``concurrent-connections``   bulkhead 100/50/5 s, connect timeout
 ===========================  =================================================================
 
@@ -32,6 +34,13 @@ Delivery guarantees:
 
 After any failed attempt the connection it used is closed and the next attempt reconnects: a
 stalled or half-broken connection is never reused.
+
+**Discovery is hedged** (it only reads): when a discovery is slower than ``discover_hedge`` (by
+default the 95th percentile of recent successful ones), a second attempt starts on a spare
+connection to the same peer (opened on first use and kept), and the first answer wins. The loser
+is cancelled and, like any attempt cancelled on a connection, closes it (a request that slow on it
+suggests it is stalled). At most 10 % of discoveries (or 1 a second) are hedged; a failed discovery
+is left to the retry. ``discover_hedge=None`` turns it off.
 
 Recovery after a peer restart takes seconds, not minutes, without hammering a dead peer:
 
@@ -64,6 +73,7 @@ from ..core.context import OperationContext
 from ..core.errors import DeadlineExceeded
 from ..core.validate import check_int, check_name, check_number
 from ..manager import ResilienceManager, ResilienceSnapshot
+from ..policies.hedge import Percentile, hedge_attempt
 from ..slo.checks import PingCheck
 from .errors import ConnectFailed, DWCPError, is_repeat_fault, is_retryable, mark_repeat_fault
 from .protocol import Delivery, PeerInfo, new_message_id
@@ -91,6 +101,10 @@ def _open_periods(initial: float, longest: float) -> Callable[[int], float]:
     return open_duration
 
 
+DISCOVER_HEDGE = Percentile(0.95, window=200, min_samples=20, fallback=0.25)
+"""The default ``discover_hedge``: the p95 of the last 200 discoveries, 0.25 s until 20 are known."""
+
+
 @dataclass(frozen=True, slots=True)
 class DWCPResilienceConfig:
     """The Go ``DWCPResilienceConfig`` (same defaults), plus what a real client needs.
@@ -104,7 +118,9 @@ class DWCPResilienceConfig:
     first is the default peer), ``connect_timeout``, ``operation_deadline`` (total seconds per
     operation, ``None`` for none), ``availability_slo``/``latency_target``,
     ``circuit_reset_initial`` (the first open period, doubling at each opening in a row up to
-    ``circuit_reset_time``; set both to 60.0 for the Go behaviour).
+    ``circuit_reset_time``; set both to 60.0 for the Go behaviour), ``discover_hedge`` (the delay
+    after which a discovery is hedged: seconds, a :class:`~dwcp_resilience.Percentile`, or
+    ``None`` for no hedging; default the p95 of the last 200, 0.25 s until 20 are known).
     """
 
     node_id: str = "client"
@@ -130,6 +146,7 @@ class DWCPResilienceConfig:
     availability_window: float = 24 * 3600.0
     latency_target: float = 0.1
     seen_ids: int = field(default=100_000)
+    discover_hedge: float | Percentile | None = DISCOVER_HEDGE
 
     def __post_init__(self) -> None:
         check_name(self.node_id, "node_id")
@@ -169,6 +186,8 @@ class DWCPResilienceConfig:
             check_number(
                 self.operation_deadline, "operation_deadline", min_value=0.0, allow_zero=False
             )
+        if self.discover_hedge is not None and not isinstance(self.discover_hedge, Percentile):
+            check_number(self.discover_hedge, "discover_hedge", min_value=0.0, allow_inf=True)
         if self.circuit_reset_initial > self.circuit_reset_time:
             raise ValueError(
                 f"circuit_reset_initial ({self.circuit_reset_initial}) must not exceed "
@@ -206,6 +225,8 @@ class DWCPResilientClient:
             health_timeout=config.health_check_timeout,
         )
         self._connections: dict[str, DWCPConnection] = {}
+        # A second connection per peer for hedged attempts: not the one the slow attempt is on.
+        self._spares: dict[str, DWCPConnection] = {}
         # Connections whose failure an operation's breaker has counted already (one fault each).
         self._faulted: weakref.WeakSet[DWCPConnection] = weakref.WeakSet()
         # send_message's fast path: the default peer, the node id, the operation's context
@@ -247,6 +268,11 @@ class DWCPResilientClient:
                 ignore=is_repeat_fault,
                 open_duration=_open_periods(c.circuit_reset_initial, c.circuit_reset_time),
                 record_latency=True,
+            )
+        if c.discover_hedge is not None:
+            # On slowness only: a failed discovery is the retry's to back off and try again.
+            rm.register_hedge(
+                DISCOVER, c.discover_hedge, hedge_on=_failure, hedge_after_failure=False
             )
         rm.register_rate_limiter(SEND, c.requests_per_second, c.burst_size)
         rm.register_timeout(CONNECT, c.connect_timeout)
@@ -308,16 +334,17 @@ class DWCPResilientClient:
         except DeadlineExceeded as exc:
             raise ConnectFailed(f"connect to {address} timed out") from exc
 
-    async def _connection(self, address: str) -> DWCPConnection:
-        conn = self._connections.get(address)
+    async def _connection(self, address: str, *, spare: bool = False) -> DWCPConnection:
+        pool = self._spares if spare else self._connections
+        conn = pool.get(address)
         if conn is not None and conn.usable:
             return conn
         conn = await self.establish_connection(address)
-        old = self._connections.get(address)
+        old = pool.get(address)
         if old is not None and old is not conn and old.usable:
             await conn.aclose()  # another task connected meanwhile: share its connection
             return old
-        self._connections[address] = conn
+        pool[address] = conn
         return conn
 
     async def _discard(
@@ -326,8 +353,9 @@ class DWCPResilientClient:
         """Close ``conn`` after a failed request. An operation's failure ``exc`` after the first
         one on the same connection is the same fault seen by another request: it is marked so,
         and the breakers do not count it again (``exc=None``: a health check, counted nowhere)."""
-        if self._connections.get(address) is conn:
-            del self._connections[address]
+        for pool in (self._connections, self._spares):
+            if pool.get(address) is conn:
+                del pool[address]
         if isinstance(exc, Exception):
             if conn in self._faulted:
                 mark_repeat_fault(exc)
@@ -337,9 +365,13 @@ class DWCPResilientClient:
             await conn.aclose()
 
     async def _on(
-        self, address: str, action: Callable[[DWCPConnection], Awaitable[object]]
+        self,
+        address: str,
+        action: Callable[[DWCPConnection], Awaitable[object]],
+        *,
+        spare: bool = False,
     ) -> object:
-        conn = await self._connection(address)
+        conn = await self._connection(address, spare=spare)
         try:
             return await action(conn)
         except BaseException as exc:
@@ -447,7 +479,8 @@ class DWCPResilientClient:
             async def on(conn: DWCPConnection) -> tuple[PeerInfo, ...]:
                 return await conn.discover()
 
-            result = await self._on(address, on)
+            # A hedged attempt runs on the spare connection: not on the one that is slow.
+            result = await self._on(address, on, spare=hedge_attempt() > 1)
             assert isinstance(result, tuple)
             return result
 
@@ -465,9 +498,10 @@ class DWCPResilientClient:
 
     async def aclose(self) -> None:
         """Close every connection."""
-        connections, self._connections = self._connections, {}
+        connections = [*self._connections.values(), *self._spares.values()]
+        self._connections, self._spares = {}, {}
         with anyio.CancelScope(shield=True):
-            for conn in connections.values():
+            for conn in connections:
                 await conn.aclose()
 
     async def __aenter__(self) -> DWCPResilientClient:

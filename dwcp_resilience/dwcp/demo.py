@@ -7,24 +7,26 @@ What it runs (about 35 seconds):
 
 - peers ``peer-a``, ``peer-b`` and ``peer-c`` on 127.0.0.1 (each seeded with the others);
 - a :class:`~dwcp_resilience.dwcp.proxy.ChaosProxy` in front of ``peer-c`` with a fault schedule:
-  latency and jitter, random connection drops, a stall (accept and never answer), 1-byte slicing
-  under a bandwidth cap, and resets mid-frame;
+  a latency tail (a few chunks slow), latency and jitter, random connection drops, a stall (accept
+  and never answer), 1-byte slicing under a bandwidth cap, and resets mid-frame;
 - client ``alice`` sends messages to ``bob`` through the proxy; ``bob`` receives them through the
-  proxy; ``carol`` discovers peers on ``peer-c`` (directly). Every operation runs through each client's
+  proxy; ``carol`` discovers peers on ``peer-c`` through the proxy too, five times a second, with
+  discovery hedged (a second attempt on a fresh connection once one is slower than the p95 of
+  recent ones). Every operation runs through each client's
   :class:`~dwcp_resilience.ResilienceManager`;
 - live state on screen (breaker states, tokens, in-flight, retries, budgets, health, degradation),
   under a legend (:data:`LEGEND`) that says what each counter counts: calls as the callers saw
   them, attempts as the breaker saw them, rejections as the error budget counts them;
 - ``/metrics`` served on 127.0.0.1 (the port is printed);
-- a summary (sent, delivered exactly once, lost) and a timeline picture (PNG): the send breaker's
-  state, the degradation level and every send's latency, in three panels over the fault schedule.
+- a summary (sent, delivered exactly once, lost; discoveries with their p99 latency and the hedges
+  started and won) and a timeline picture (PNG): the send breaker's state, the degradation level
+  and every send's latency, in three panels over the fault schedule.
 
 The process exits 1 if a message was lost or delivered twice.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import tempfile
@@ -38,6 +40,7 @@ import anyio
 from ..core.clock import loop_time
 from ..manager import ResilienceManager
 from ..policies.breaker_core import BreakerState
+from ..policies.hedge import Percentile
 from ..slo.degradation import DegradationLevel
 from .client import DISCOVER, RECEIVE, SEND, DWCPResilienceConfig, DWCPResilientClient
 from .faults import Bandwidth, Drop, Fault, Latency, ResetPeer, Slicer, Stall
@@ -66,6 +69,7 @@ LEGEND: tuple[str, ...] = (
 
 #: (start, duration, fault, label) in seconds from the proxy's start.
 DEMO_SCHEDULE: tuple[tuple[float, float, Fault, str], ...] = (
+    (1.5, 3.5, Latency(0.2, probability=0.05), "tail: 5 % of chunks +200 ms"),
     (5.0, 5.0, Latency(0.05, 0.05), "latency 50 ms +/- 50 ms"),
     (10.0, 4.0, Drop(0.04), "random drops 4 %"),
     (14.0, 5.0, Stall(), "stall: accept, never answer"),
@@ -73,6 +77,9 @@ DEMO_SCHEDULE: tuple[tuple[float, float, Fault, str], ...] = (
     (19.0, 4.0, Bandwidth(200_000), ""),
     (23.0, 3.0, ResetPeer(), "reset mid-frame"),
 )
+
+#: Seconds between two of carol's discoveries.
+DISCOVER_EVERY = 0.2
 
 #: (start, downtime): the peer behind the proxy is stopped (every connection closed, connections
 #: refused) and started again on the same port and SQLite file.
@@ -134,6 +141,8 @@ def _client_config(node: str, address: str) -> DWCPResilienceConfig:
         operation_deadline=3.0,
         latency_target=0.1,
         availability_window=300.0,
+        # the default p95, but it follows the samples after 10 discoveries (2 s), not 20
+        discover_hedge=Percentile(0.95, window=200, min_samples=10, fallback=0.25),
     )
 
 
@@ -247,9 +256,7 @@ async def run_demo(
                         address = f"127.0.0.1:{proxy.port}"
                         alice = DWCPResilientClient(_client_config("alice", address))
                         bob = DWCPResilientClient(_client_config("bob", address))
-                        carol = DWCPResilientClient(
-                            _client_config("carol", f"127.0.0.1:{peer_c.port}")
-                        )
+                        carol = DWCPResilientClient(_client_config("carol", address))
                         for client in (alice, bob, carol):
                             collector.track_manager(client.manager)
                         send_breaker: Any = alice.manager.circuit_breaker(SEND)
@@ -292,10 +299,11 @@ async def run_demo(
                             server.close()
                             collector.close()
                     peer_c.stop()
-        summary, timeline = result
+        summary, timeline, discoveries = result
         path = save_timeline(picture, timeline, summary.records, shown) if picture else None
         back_after = recovery[0] if recovery else None
         _print_summary(summary, send_breaker.statistics(), out, path, url)
+        out(_discovery_line(discoveries, carol.manager.components(DISCOVER).get("hedge")))
         if back_after is not None:
             out(
                 f"  peer restart           down {downtime:.1f} s at t={down_at:.1f} s; the first "
@@ -315,12 +323,13 @@ async def _drive(
     concurrency: int,
     out: Callable[[str], None],
     live: bool | None,
-) -> tuple[ScenarioSummary, list[tuple[float, int, int]]]:
+) -> tuple[ScenarioSummary, list[tuple[float, int, int]], list[float | None]]:
     start = loop_time()
     timeline: list[tuple[float, int, int]] = []
     send_breaker: Any = alice.manager.circuit_breaker(SEND)
     done = anyio.Event()
     discovered: list[int] = []
+    discoveries: list[float | None] = []  # each discovery's latency, None when it failed
     if live is None:
         live = sys.stdout.isatty()
 
@@ -354,9 +363,14 @@ async def _drive(
 
     async def discover() -> None:
         while not done.is_set():
-            with contextlib.suppress(Exception):  # the display shows the breaker's view of it
+            began = loop_time()
+            try:
                 discovered.append(len(await carol.discover_peers()))
-            await anyio.sleep(1.0)
+            except Exception:  # the display shows the breaker's view of it
+                discoveries.append(None)
+            else:
+                discoveries.append(loop_time() - began)
+            await anyio.sleep(DISCOVER_EVERY)
 
     async def show() -> None:
         if live:
@@ -393,7 +407,21 @@ async def _drive(
             drain_timeout=20.0,
         )
         done.set()
-    return summary, timeline
+    return summary, timeline, discoveries
+
+
+def _discovery_line(latencies: list[float | None], hedge: Any) -> str:
+    """carol's discoveries: how many, their p99 latency, and what the hedge did."""
+    ok = sorted(latency for latency in latencies if latency is not None)
+    p99 = f"{ok[min(len(ok) - 1, math.ceil(0.99 * len(ok)) - 1)] * 1000:.0f} ms" if ok else "-"
+    line = f"  discoveries            {len(ok)} ok, {len(latencies) - len(ok)} failed; p99 {p99}"
+    if hedge is None:
+        return line + " (not hedged)"
+    stats = hedge.statistics()
+    return (
+        f"{line}; hedges started {stats.hedges_started}, won {stats.hedge_wins}, "
+        f"refused by the budget {stats.budget_refusals}"
+    )
 
 
 def _print_summary(

@@ -39,16 +39,20 @@ def _check_direction(direction: object) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Latency:
-    """Delay each chunk by ``delay`` +/- up to ``jitter`` seconds (never below zero)."""
+    """Delay each chunk by ``delay`` +/- up to ``jitter`` seconds (never below zero); with
+    ``probability`` below 1, only that share of the chunks (a latency tail: most chunks pass at
+    once, a few are slow)."""
 
     delay: float
     jitter: float = 0.0
     direction: Direction = "both"
+    probability: float = 1.0
 
     def __post_init__(self) -> None:
         check_number(self.delay, "delay", min_value=0)
         check_number(self.jitter, "jitter", min_value=0)
         _check_direction(self.direction)
+        check_number(self.probability, "probability", min_value=0, max_value=1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ client, ``"both"``), applied to every chunk read while they are active, in this 
   accept and never answer);
 - :class:`ResetPeer` (after_bytes): forward the first ``after_bytes`` bytes of the chunk (default: half
   of it, so a frame is cut in the middle), then reset both sides (SO_LINGER 0 then close);
-- :class:`Latency` (delay, jitter): wait ``delay`` plus or minus up to ``jitter`` seconds;
+- :class:`Latency` (delay, jitter, probability): wait ``delay`` plus or minus up to ``jitter``
+  seconds, for every chunk or only for a ``probability`` share of them (a latency tail);
 - :class:`Slicer` (size, delay) and :class:`Bandwidth` (bytes per second): forward the chunk in
   segments of ``size`` bytes (``delay`` between them) and pace them to the rate.
 
@@ -290,6 +291,9 @@ class ChaosProxy(BackgroundService):
                 raise _Abort
         for fault in faults:
             if isinstance(fault, Latency):
+                # the random draw only for a partial latency: seeded schedules stay as they were
+                if fault.probability < 1.0 and rng.random() >= fault.probability:
+                    continue
                 delay = fault.delay
                 if fault.jitter:
                     delay = max(0.0, delay + rng.uniform(-fault.jitter, fault.jitter))

@@ -31,6 +31,8 @@ ROWS: tuple[tuple[str, str | tuple[str, ...], str], ...] = (
     ("Latency budgets", "latency_budget_", "budget"),
     ("Degradation", "degradation_", "manager"),
     ("Chaos", "chaos_", "chaos"),
+    ("Hedges", "hedge_", "policy"),
+    ("Fallbacks", "fallback_", "policy"),
     ("Manager operations", "operation_", "manager, operation"),
     ("Fleet state (Redis)", "fleet_", "kind, name"),
     ("Fleet membership and quorum", ("fleet_members", "fleet_breaker_reports_needed"),
@@ -118,8 +120,9 @@ def build_dashboard() -> dict[str, Any]:
         "tags": ["dwcp", "resilience"],
         "description": (
             "Circuit breakers, retries, health checks, rate limiters, bulkheads, adaptive "
-            "concurrency limiters and throttles, error and latency budgets, degradation, chaos and "
-            "fleet (Redis) state of dwcp_resilience (one panel per metric family)."
+            "concurrency limiters and throttles, error and latency budgets, degradation, chaos, "
+            "hedges, fallbacks and fleet (Redis) state of dwcp_resilience (one panel per metric "
+            "family)."
         ),
         "editable": True,
         "schemaVersion": 39,

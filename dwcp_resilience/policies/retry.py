@@ -66,9 +66,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast
 
-import anyio
-
-from ..core.clock import Clock, clock_sleeper, loop_time
+from ..core.clock import sleep_for
 from ..core.context import current_deadline
 from ..core.errors import not_callable
 from ..core.policy import PolicyBase, check_decorated
@@ -101,17 +99,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _INF = math.inf
-
-
-async def _sleep(clock: Clock, seconds: float) -> None:
-    """The backoff sleep, as ``clock`` counts: on the loop's timer (``anyio.sleep``), or through an
-    injected clock's ``sleep_until`` hook when it has one (``FakeClock``: the sleep ends when the
-    test advances it, or it jumps, or it refuses the wait)."""
-    sleep_until = None if clock is loop_time else clock_sleeper(clock)
-    if sleep_until is None:
-        await anyio.sleep(seconds)
-    else:
-        await sleep_until(clock() + seconds)
 
 
 class Retry(RetryCore, PolicyBase):
@@ -182,7 +169,7 @@ class Retry(RetryCore, PolicyBase):
                     return result
                 self._scheduled(attempt, exc, plan, now)
                 exc = result = None
-                await _sleep(clock, plan)
+                await sleep_for(clock, plan)
                 prev = plan
                 attempt += 1
                 attempt_start = clock()
@@ -322,7 +309,7 @@ class _Attempts:
         if delay is None:  # the last attempt succeeded (or recorded nothing): done
             raise StopAsyncIteration
         self._delay = None
-        await _sleep(retry._clock, delay)
+        await sleep_for(retry._clock, delay)
         self._prev = delay
         self._number += 1
         self._attempt_start = retry._clock()
