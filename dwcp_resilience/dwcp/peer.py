@@ -20,6 +20,17 @@ committed, so a SEND's ACK survives a crash of the peer (and a power loss, with 
 ``store_synchronous="FULL"``). A failed commit stops the peer (``serve`` raises
 :class:`~dwcp_resilience.dwcp.journal.MailboxStoreError`); a restart recovers the committed state.
 
+Deadlines: a request's header carries the time its sender had left (the budget); the peer counts
+it from the read that brought the frame, and refuses a request whose deadline passed before it got
+to it with ``ERROR DEADLINE_EXCEEDED``, touching nothing (no mailbox, no store). A request is
+answered as soon as its frame is read, so one waits here only behind a SEND being relayed on the
+same connection. A request that was carried out is answered, even late: a stored SEND is
+acknowledged once committed, whatever its deadline.
+
+Relaying: with ``routes={recipient: "host:port"}``, a SEND for a routed recipient is relayed to the
+peer that keeps its mailbox, with what is left of its deadline, and answered with that peer's
+answer (:mod:`~dwcp_resilience.dwcp.relay`); its connection goes on being read meanwhile.
+
 Lifetime: ``async with DWCPPeer("a") as peer:`` (then ``peer.port``), or ``await tg.start(peer.serve)``
 inside your own task group, or ``await peer.start()`` / ``await peer.aclose()`` from the same task.
 
@@ -34,7 +45,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import count
 
@@ -55,10 +66,12 @@ from .protocol import (
     FLAG_DUPLICATE,
     FLAG_EMPTY,
     FLAG_REDELIVERED,
+    FLAG_RELAYED,
     Frame,
     FrameDecoder,
     MessageType,
     PeerInfo,
+    budget_deadline,
     decode_deliver_ack,
     decode_hello,
     decode_receive,
@@ -69,6 +82,7 @@ from .protocol import (
     encode_hello,
     encode_peers,
 )
+from .relay import Relay
 from .slots import ConnectionSlots, Slot
 
 __all__ = ("DWCPPeer", "PeerStatistics")
@@ -82,6 +96,7 @@ M = MessageType
 # The requests whose answers wait for a durable store's commit (a duplicate SEND included: its
 # first copy may still be in flight).
 _COMMIT_FIRST = frozenset({M.SEND, M.RECEIVE, M.DELIVER_ACK})
+_REQUESTS = frozenset({M.HELLO, M.SEND, M.RECEIVE, M.DELIVER_ACK, M.DISCOVER, M.PING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,17 +124,25 @@ class PeerStatistics:
     accept_errors: int
     buffered_bytes: int
     known_peers: int
+    deadline_exceeded: int  # requests answered DEADLINE_EXCEEDED (here or at the relay)
+    relayed: int  # SENDs the next hop acknowledged
+    relay_failures: int  # SENDs answered FORWARD_FAILED
 
 
 class _Conn:
-    """One connection: its decoder, the scope that closes it, and its slot."""
+    """One connection: its decoder, the scope that closes it, and its slot; with a relay, the task
+    group of its SENDs being relayed and the lock their answers and the loop's are written under."""
 
-    __slots__ = ("decoder", "scope", "slot")
+    __slots__ = ("answering", "decoder", "relaying", "scope", "send_lock", "slot", "tg")
 
     def __init__(self, decoder: FrameDecoder, scope: anyio.CancelScope, slot: Slot) -> None:
         self.decoder = decoder
         self.scope = scope
         self.slot = slot
+        self.answering = False  # the loop is answering what it read
+        self.relaying = 0  # SENDs being relayed
+        self.send_lock: anyio.Lock | None = None
+        self.tg: anyio.abc.TaskGroup | None = None
 
 
 def _source(stream: anyio.abc.SocketStream) -> str:
@@ -163,6 +186,10 @@ class DWCPPeer(BackgroundService):
             mailboxes in SQLite there (see :class:`DurableMailboxes`), loaded at each start.
         store_synchronous: ``"FULL"`` (default: an acknowledged message survives power loss) or
             ``"NORMAL"`` (it survives a crash of the process only); used with ``store_path``.
+        routes: recipient node id -> ``"host:port"`` of the peer that keeps its mailbox: SENDs for
+            these recipients are relayed there (see :mod:`~dwcp_resilience.dwcp.relay`).
+        max_forwards, forward_timeout: SENDs relayed at once, and the longest a relayed SEND may
+            take whatever its deadline (``inf``: no bound of the relay's own).
     """
 
     def __init__(
@@ -186,6 +213,9 @@ class DWCPPeer(BackgroundService):
         max_known_peers: int = 1024,
         store_path: str | os.PathLike[str] | None = None,
         store_synchronous: Synchronous = "FULL",
+        routes: Mapping[str, str] | None = None,
+        max_forwards: int = 256,
+        forward_timeout: float = 30.0,
     ) -> None:
         self.node_id = check_name(node_id, "node_id")
         self.host = check_name(host, "host")
@@ -210,6 +240,14 @@ class DWCPPeer(BackgroundService):
             )
         )
         self._max_payload = check_int(max_payload, "max_payload", min_value=0)
+        relay = Relay(
+            self.node_id,
+            {} if routes is None else routes,
+            max_forwards=max_forwards,
+            forward_timeout=forward_timeout,
+            max_payload=self._max_payload,
+        )  # built even without routes: it validates the settings
+        self._relay = relay if relay.routes else None
         self._slots = ConnectionSlots(
             max_connections=max_connections,
             max_per_source=max_connections_per_source,
@@ -225,7 +263,7 @@ class DWCPPeer(BackgroundService):
         self._port: int | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._total = self._protocol_errors = self._connection_errors = 0
-        self._accept_errors = 0
+        self._accept_errors = self._expired = 0
         self._frames_in = self._frames_out = self._bytes_in = self._bytes_out = 0
 
     # -- reading -------------------------------------------------------------------------------------
@@ -253,6 +291,11 @@ class DWCPPeer(BackgroundService):
         """The SQLite store given by ``store_path`` (``None`` in memory)."""
         return self._store
 
+    @property
+    def relay(self) -> Relay | None:
+        """What relays the SENDs of ``routes`` (``None`` without routes)."""
+        return self._relay
+
     def known_peers(self) -> tuple[PeerInfo, ...]:
         """What DISCOVER answers: the seeds, then the peers that said HELLO (newest last)."""
         seen = {p.address for p in self.seeds}
@@ -264,6 +307,7 @@ class DWCPPeer(BackgroundService):
     def statistics(self) -> PeerStatistics:
         """A snapshot of the counters."""
         mail = self._mail
+        relayed = self._relay.statistics() if self._relay is not None else None
         return PeerStatistics(
             self.node_id,
             len(self._conns),
@@ -286,6 +330,9 @@ class DWCPPeer(BackgroundService):
             self._accept_errors,
             sum(c.decoder.buffered for c in self._conns.values()),
             len(self._known),
+            self._expired + (relayed.expired if relayed else 0),
+            relayed.relayed if relayed else 0,
+            relayed.failed if relayed else 0,
         )
 
     def __repr__(self) -> str:
@@ -316,6 +363,8 @@ class DWCPPeer(BackgroundService):
             )
             async with listener, anyio.create_task_group() as tg:
                 self._port = listener.extra(SocketAttribute.local_port)
+                if self._relay is not None:
+                    self._relay.open(self.address)
                 tg.start_soon(self._watchdog)
                 task_status.started(self._port)
                 try:
@@ -329,6 +378,8 @@ class DWCPPeer(BackgroundService):
                 finally:
                     self._port = None
         finally:
+            if self._relay is not None:
+                await self._relay.aclose()
             if store is not None:
                 await store.aclose()  # commits the releases of the closed connections
 
@@ -362,7 +413,10 @@ class DWCPPeer(BackgroundService):
         conn = self._conns[cid] = _Conn(FrameDecoder(self._max_payload), scope, slot)
         try:
             with scope:
-                await self._serve_connection(cid, stream, conn)
+                if self._relay is None:
+                    await self._serve_connection(cid, stream, conn)
+                else:
+                    await self._serve_relaying(cid, stream, conn)
             if slot.closed_by is not None:
                 self._connection_errors += 1  # a timeout, or evicted to make room
         except ProtocolError as exc:
@@ -382,6 +436,21 @@ class DWCPPeer(BackgroundService):
             with anyio.CancelScope(shield=True):
                 await anyio.aclose_forcefully(stream)
 
+    async def _serve_relaying(self, cid: int, stream: anyio.abc.SocketStream, conn: _Conn) -> None:
+        """:meth:`_serve_connection` with a task group for its SENDs being relayed, which end with
+        the connection (on end of stream, once they are answered)."""
+        failure: Exception | None = None
+        conn.send_lock = anyio.Lock(fast_acquire=True)
+        async with anyio.create_task_group() as tg:
+            conn.tg = tg
+            try:
+                await self._serve_connection(cid, stream, conn)
+            except Exception as exc:  # out of the task group, which would wrap it in a group
+                failure = exc
+                tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
     async def _serve_connection(
         self, cid: int, stream: anyio.abc.SocketStream, conn: _Conn
     ) -> None:
@@ -393,18 +462,36 @@ class DWCPPeer(BackgroundService):
             except anyio.EndOfStream:
                 decoder.eof()  # IncompleteFrame if the stream ended inside a frame
                 return
+            arrived = loop_time()  # the frames' budgets count from here
             self._bytes_in += len(data)
             if not decoder.buffered:
-                slot.frame_since = loop_time()  # a frame begins: frame_timeout runs
+                slot.frame_since = arrived  # a frame begins: frame_timeout runs
             decoder.feed(data)
-            slot.busy = True
+            slot.busy = conn.answering = True
             replies: list[bytes] = []
             error: ProtocolError | None = None
             commit = False
+            consumed = 0
+            waited, now = False, arrived  # only a wait here can make a deadline pass
             try:
                 while (frame := decoder.next_frame()) is not None:
                     self._frames_in += 1
-                    replies.append(self._answer(cid, frame))
+                    consumed += 1
+                    budget = frame.budget_ms
+                    if (
+                        waited
+                        and frame.type in _REQUESTS
+                        and budget_deadline(budget, arrived) <= now  # inf for no budget
+                    ):
+                        replies.append(self._refuse_expired(frame, budget, now - arrived))
+                        continue
+                    reply = self._answer(cid, frame)
+                    if reply is None:  # a SEND to relay: it answers when the next hop has
+                        reply = await self._relay_send(stream, conn, frame, arrived)
+                        waited, now = True, loop_time()
+                        if reply is None:
+                            continue
+                    replies.append(reply)
                     if store is not None and frame.type in _COMMIT_FIRST:
                         commit = True
             except ProtocolError as exc:
@@ -413,20 +500,71 @@ class DWCPPeer(BackgroundService):
                 assert store is not None
                 await store.commit()  # group commit with the other connections' changes
             if replies:
-                out = b"".join(replies)
-                slot.since = loop_time()
-                slot.sending = True
-                await stream.send(out)
-                slot.sending = False
-                self._frames_out += len(replies)
-                self._bytes_out += len(out)
+                await self._write(stream, conn, b"".join(replies), len(replies))
             if error is not None:
                 raise error
-            slot.busy = False
-            if replies:
+            conn.answering = False
+            slot.busy = conn.relaying > 0
+            if consumed:
                 slot.since = loop_time()  # idle from now
                 # What is left (if anything) is the start of the next frame: its time runs now.
                 slot.frame_since = slot.since if decoder.buffered else None
+
+    async def _write(
+        self, stream: anyio.abc.SocketStream, conn: _Conn, out: bytes, frames: int
+    ) -> None:
+        """Send ``out`` (``frames`` answers), under the connection's lock when it has one."""
+        slot, lock = conn.slot, conn.send_lock
+        if lock is not None:
+            await lock.acquire()
+        try:
+            slot.since = loop_time()
+            slot.sending = True
+            await stream.send(out)
+            slot.sending = False
+        finally:
+            if lock is not None:
+                lock.release()
+        self._frames_out += frames
+        self._bytes_out += len(out)
+
+    def _refuse_expired(self, frame: Frame, budget: int, waited: float) -> bytes:
+        self._expired += 1
+        detail = f"deadline passed while it waited here ({waited * 1000:.0f} of {budget} ms)"
+        payload = encode_error(ErrorCode.DEADLINE_EXCEEDED, detail)
+        return encode_frame(M.ERROR, frame.message_id, payload)
+
+    async def _relay_send(
+        self, stream: anyio.abc.SocketStream, conn: _Conn, frame: Frame, arrived: float
+    ) -> bytes | None:
+        """Start relaying ``frame`` once a forwarding slot is free; the answer to send now if its
+        deadline passed first, else ``None`` (its task answers)."""
+        relay, tg = self._relay, conn.tg
+        assert relay is not None and tg is not None
+        deadline = budget_deadline(frame.budget_ms, arrived)
+        if not await relay.admit(deadline):
+            return self._refuse_expired(frame, frame.budget_ms, loop_time() - arrived)
+        conn.relaying += 1
+        tg.start_soon(self._relayed, stream, conn, frame, deadline)
+        return None
+
+    async def _relayed(
+        self, stream: anyio.abc.SocketStream, conn: _Conn, frame: Frame, deadline: float
+    ) -> None:
+        """One relayed SEND: forward it, then write the next hop's answer to our client."""
+        assert self._relay is not None
+        try:
+            reply = await self._relay.forward(frame, deadline)
+            await self._write(stream, conn, reply, 1)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass  # our client is gone: its connection is closing
+        except Exception:  # never let one relayed SEND take its connection down
+            log.exception("peer %r: relaying a SEND failed", self.node_id)
+        finally:
+            conn.relaying -= 1
+            if not conn.relaying and not conn.answering:
+                conn.slot.busy = False
+                conn.slot.since = loop_time()
 
     async def _send_error(
         self,
@@ -450,7 +588,8 @@ class DWCPPeer(BackgroundService):
 
     # -- the answers (pure: no await) ----------------------------------------------------------------
 
-    def _answer(self, cid: int, frame: Frame) -> bytes:
+    def _answer(self, cid: int, frame: Frame) -> bytes | None:
+        """The answer to ``frame``, or ``None`` for a SEND to relay."""
         try:
             return self._answer_frame(cid, frame)
         except ProtocolError as exc:
@@ -458,10 +597,13 @@ class DWCPPeer(BackgroundService):
                 exc.message_id = frame.message_id
             raise
 
-    def _answer_frame(self, cid: int, frame: Frame) -> bytes:
+    def _answer_frame(self, cid: int, frame: Frame) -> bytes | None:
         kind, mid, payload = frame.type, frame.message_id, frame.payload
         if kind is M.SEND:
             recipient, sender, body = decode_send(payload)
+            relay = self._relay
+            if relay is not None and relay.routes_to(recipient) and not frame.flags & FLAG_RELAYED:
+                return None
             if len(payload) - len(recipient.encode()) + 14 > self._max_payload:
                 detail = "message too large to deliver under max_payload"
                 return encode_frame(M.ERROR, mid, encode_error(ErrorCode.FRAME_TOO_LARGE, detail))
