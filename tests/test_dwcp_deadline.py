@@ -17,9 +17,13 @@ import anyio.abc
 import pytest
 from fake_hop import FakeHop, fake_hop
 from helpers import wait_until
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from dwcp_resilience import OperationContext, Timeout
 from dwcp_resilience.core.clock import loop_time
+from dwcp_resilience.dwcp.answers import PeerAnswers
 from dwcp_resilience.dwcp.client import SEND, DWCPResilienceConfig, DWCPResilientClient
 from dwcp_resilience.dwcp.errors import (
     ErrorCode,
@@ -27,8 +31,11 @@ from dwcp_resilience.dwcp.errors import (
     PeerError,
     RequestExpired,
 )
+from dwcp_resilience.dwcp.mailbox import Mailboxes
 from dwcp_resilience.dwcp.peer import DWCPPeer
 from dwcp_resilience.dwcp.protocol import (
+    FLAG_DUPLICATE,
+    FLAG_RELAYED,
     Frame,
     FrameDecoder,
     MessageType,
@@ -37,6 +44,7 @@ from dwcp_resilience.dwcp.protocol import (
     encode_frame,
     encode_send,
 )
+from dwcp_resilience.dwcp.relay import Relay
 from dwcp_resilience.dwcp.transport import DWCPConnection, deadline_in_force
 
 pytestmark = [pytest.mark.anyio, pytest.mark.real_time, pytest.mark.timeout(30)]
@@ -245,3 +253,81 @@ async def test_requests_with_and_without_a_budget_get_the_same_answers() -> None
             assert first is not None and second is not None
             assert (first.body, second.body) == (b"1", b"2")
         assert peer.statistics().deadline_exceeded == 0
+
+
+# -- the pure answers: deadlines and routing, against a model ------------------------------------------
+
+RECIPIENTS = st.sampled_from(["bob", "carol"])  # the relay routes carol
+IDS = st.sampled_from([bytes([i]) * 16 for i in range(4)])
+BUDGETS = st.one_of(st.just(0), st.integers(1, 2_000))
+# How long a frame waited, in ms relative to its budget (never on the boundary itself), or not at all.
+WAITS = st.one_of(st.none(), st.integers(-50, 50).filter(bool))
+
+
+class AnswersMachine(RuleBasedStateMachine):
+    """``PeerAnswers`` over a real ``Mailboxes`` core, with a relay routing ``carol``: a request
+    whose budget ran out while it waited is refused and changes nothing; a routed SEND is left to
+    the relay unless it was relayed already; every other SEND is stored once per id."""
+
+    @initialize()
+    def setup(self) -> None:
+        relay = Relay("p", {"carol": "127.0.0.1:7000"})
+        self.answers = PeerAnswers("p", Mailboxes(), max_payload=1 << 20, relay=relay)
+        self.stored: dict[str, set[bytes]] = {"bob": set(), "carol": set()}
+        self.refused = 0
+        self.clock = 1000.0
+
+    def times(self, budget: int, wait: int | None) -> tuple[float, float]:
+        """(arrived, now): ``now`` is ``budget + wait`` ms after ``arrived`` when it waited."""
+        self.clock += 1.0
+        arrived = self.clock
+        if wait is None:
+            return arrived, arrived
+        return arrived, arrived + max(0, budget + wait) / 1000
+
+    def expired(self, budget: int, wait: int | None) -> bool:
+        return wait is not None and budget > 0 and wait > 0
+
+    @rule(recipient=RECIPIENTS, mid=IDS, budget=BUDGETS, wait=WAITS, relayed=st.booleans())
+    def send(
+        self, recipient: str, mid: bytes, budget: int, wait: int | None, relayed: bool
+    ) -> None:
+        flags = FLAG_RELAYED if relayed else 0
+        frame = Frame(M.SEND, mid, encode_send(recipient, "alice", b"x"), flags, budget)
+        arrived, now = self.times(budget, wait)
+        reply = self.answers.answer(1, frame, arrived, now)
+        if self.expired(budget, wait):
+            assert reply is not None
+            assert FrameDecoder().frames(reply)[0].type is M.ERROR
+            code = decode_error(FrameDecoder().frames(reply)[0].payload)[0]
+            assert code == ErrorCode.DEADLINE_EXCEEDED
+            self.refused += 1
+            return
+        if recipient == "carol" and not relayed:
+            assert reply is None  # the relay's
+            return
+        assert reply is not None
+        (ack,) = FrameDecoder().frames(reply)
+        assert ack.type is M.ACK
+        assert bool(ack.flags & FLAG_DUPLICATE) == (mid in self.stored[recipient])
+        self.stored[recipient].add(mid)
+
+    @rule(budget=BUDGETS, wait=WAITS)
+    def ping(self, budget: int, wait: int | None) -> None:
+        frame = Frame(M.PING, bytes(16), b"p", 0, budget)
+        arrived, now = self.times(budget, wait)
+        reply = self.answers.answer(1, frame, arrived, now)
+        assert reply is not None
+        kind = FrameDecoder().frames(reply)[0].type
+        assert kind is (M.ERROR if self.expired(budget, wait) else M.PONG)
+        self.refused += self.expired(budget, wait)
+
+    @invariant()
+    def mailboxes_hold_what_was_stored(self) -> None:
+        for recipient, ids in self.stored.items():
+            assert self.answers.mail.pending(recipient) == len(ids)
+        assert self.answers.expired == self.refused
+
+
+TestAnswersMachine = AnswersMachine.TestCase
+TestAnswersMachine.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)

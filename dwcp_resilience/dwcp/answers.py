@@ -24,6 +24,7 @@ from .protocol import (
     Frame,
     MessageType,
     PeerInfo,
+    budget_deadline,
     decode_deliver_ack,
     decode_hello,
     decode_receive,
@@ -124,13 +125,21 @@ class PeerAnswers:
             M.ERROR, frame.message_id, encode_error(ErrorCode.DEADLINE_EXCEEDED, detail)
         )
 
-    def answer(self, holder: int, frame: Frame, now: float) -> bytes | None:
-        """The answer to ``frame`` from connection ``holder`` at loop time ``now``; ``None`` for a
+    def answer(self, holder: int, frame: Frame, arrived: float, now: float) -> bytes | None:
+        """The answer to ``frame`` from connection ``holder``, read at loop time ``arrived`` (its
+        budget counts from there) and answered at ``now`` (later only if it waited): the refusal
+        ``DEADLINE_EXCEEDED`` if its deadline has passed, which touches nothing; ``None`` for a
         SEND the relay takes.
 
         Raises:
             ProtocolError: the frame is malformed, or a reply (its ``message_id`` set).
         """
+        if (
+            now > arrived  # it waited: its deadline may have passed (inf for no budget)
+            and budget_deadline(frame.budget_ms, arrived) <= now
+            and frame.type in REQUESTS
+        ):
+            return self.refuse_expired(frame, now - arrived)
         try:
             return self._answer(holder, frame, now)
         except ProtocolError as exc:

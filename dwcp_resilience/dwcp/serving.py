@@ -21,7 +21,7 @@ import anyio
 import anyio.abc
 
 from ..core.clock import loop_time
-from .answers import REQUESTS, PeerAnswers
+from .answers import PeerAnswers
 from .durable import DurableMailboxes
 from .errors import ErrorCode, ProtocolError
 from .protocol import (
@@ -158,22 +158,15 @@ class PeerConnection:
             error: ProtocolError | None = None
             commit = False
             consumed = 0
-            waited, now = False, arrived  # only a wait here can make a deadline pass
+            now = arrived  # only a wait here can make a deadline pass
             try:
                 while (frame := decoder.next_frame()) is not None:
                     traffic.frames_in += 1
                     consumed += 1
-                    if (
-                        waited
-                        and frame.type in REQUESTS
-                        and budget_deadline(frame.budget_ms, arrived) <= now  # inf for none
-                    ):
-                        replies.append(answers.refuse_expired(frame, now - arrived))
-                        continue
-                    reply = answers.answer(cid, frame, now)
+                    reply = answers.answer(cid, frame, arrived, now)
                     if reply is None:  # a SEND to relay: it answers when the next hop has
                         reply = await self._relay_send(frame, arrived)
-                        waited, now = True, loop_time()
+                        now = loop_time()  # a request behind it may have expired meanwhile
                         if reply is None:
                             continue
                     replies.append(reply)
