@@ -382,6 +382,12 @@ def test_encode_refuses_bad_input() -> None:
         encode_frame(MessageType.PING, ID, budget_ms=MAX_BUDGET_MS + 1)
     with pytest.raises(ValueError, match="budget_ms"):
         encode_frame(MessageType.PING, ID, budget_ms=-1)
+    with pytest.raises(ValueError, match="budget_ms"):
+        encode_frame(MessageType.PING, ID, budget_ms=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="flags"):
+        encode_frame(MessageType.PING, ID, flags=-1)
+    with pytest.raises(ValueError, match="cannot encode"):
+        encode_frame(300, ID)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="node_id"):
         encode_hello("x" * 256)
     with pytest.raises(ValueError, match="message_id"):
