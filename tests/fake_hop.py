@@ -3,7 +3,8 @@
 :class:`FakeHop` listens on loopback, records every request it reads (type, id, flags, budget,
 and the loop time it arrived), answers HELLO and PING at once, and answers each SEND when
 ``release`` is set (at once if it is set already): with an ACK, or with ``error`` (an ERROR
-payload) when given. Closing its connections is counted (``closed``).
+payload) when given. With ``answer_hello = False`` it never answers a HELLO. Its connections that
+ended are counted (``closed``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class FakeHop:
         self.seen: list[Seen] = []
         self.release = anyio.Event()
         self.error: bytes | None = None
+        self.answer_hello = True  # False: a HELLO is read and never answered
         self.closed = 0
         self.port = 0
 
@@ -110,7 +112,7 @@ class FakeHop:
                 self.seen.append(seen)
                 if frame.type is M.SEND:
                     tg.start_soon(answer, frame)
-                elif frame.type is M.HELLO:
+                elif frame.type is M.HELLO and self.answer_hello:
                     hello = encode_hello("fake", self.address)
                     async with lock:
                         await stream.send(encode_frame(M.HELLO, frame.message_id, hello))

@@ -308,6 +308,51 @@ async def test_stopping_the_relay_mid_forward_ends_every_relayed_send() -> None:
     assert len(hop.sends()) == 1
 
 
+async def test_a_deadline_that_passes_while_the_relay_connects_closes_that_connection() -> None:
+    """The next hop accepts but never answers the relay's HELLO: the request's deadline ends the
+    wait, the half-made connection is closed, and nothing was sent."""
+    async with fake_hop() as hop, DWCPPeer("a", routes={"bob": hop.address}) as a:
+        hop.answer_hello = False
+        async with await connect(a.port) as conn:
+            with (
+                OperationContext.with_timeout("op", HOLD).activate(),
+                pytest.raises(PeerDeadlineExceeded),
+            ):
+                await conn.send("bob", b"x")
+            await wait_until(lambda: hop.closed == 1)
+        assert [seen.type for seen in hop.seen] == [M.HELLO]
+
+
+async def test_stopping_the_relay_while_a_resend_waits_for_its_first_copy() -> None:
+    """A resend waits for the first copy of its message (at the next hop); stopping A ends both
+    waits and leaves nothing in flight."""
+    mid = new_message_id()
+    lost: list[BaseException] = []
+
+    async def send(conn: DWCPConnection) -> None:
+        try:
+            await conn.send("bob", b"x", message_id=mid)
+        except ConnectionLost as exc:
+            lost.append(exc)
+
+    async with fake_hop() as hop, anyio.create_task_group() as tg:
+        async with DWCPPeer("a", routes={"bob": hop.address}) as a:
+            one, two = await connect(a.port), await connect(a.port)
+            tg.start_soon(send, one)
+            await wait_until(lambda: len(hop.sends()) == 1)
+            tg.start_soon(send, two)
+            await wait_until(lambda: a.statistics().frames_received == 2)
+            relay = a.relay
+            assert relay is not None
+            assert relay.statistics().in_flight == 1  # the resend waits, not in flight
+        assert relay.statistics().in_flight == 0
+        with anyio.fail_after(5):
+            await wait_until(lambda: len(lost) == 2)
+        await one.aclose()
+        await two.aclose()
+    assert len(hop.sends()) == 1
+
+
 async def test_a_client_gone_while_its_send_waits_leaves_the_relay_whole() -> None:
     """The second client closes while its SEND waits for the slot: once the slot frees, that SEND
     is relayed, its answer goes nowhere, and the relay and the peer are back to idle."""
