@@ -29,7 +29,14 @@ from dwcp_resilience.dwcp.errors import (
     is_retryable,
 )
 from dwcp_resilience.dwcp.peer import DWCPPeer
-from dwcp_resilience.dwcp.protocol import FLAG_RELAYED, MessageType, encode_error, new_message_id
+from dwcp_resilience.dwcp.protocol import (
+    FLAG_RELAYED,
+    MessageType,
+    encode_error,
+    encode_frame,
+    encode_send,
+    new_message_id,
+)
 from dwcp_resilience.dwcp.relay import Relay, split_address
 from dwcp_resilience.dwcp.transport import DWCPConnection
 
@@ -351,6 +358,31 @@ async def test_stopping_the_relay_while_a_resend_waits_for_its_first_copy() -> N
         await one.aclose()
         await two.aclose()
     assert len(hop.sends()) == 1
+
+
+async def test_a_bad_frame_behind_a_relayed_send_gives_its_slot_back() -> None:
+    """A routed SEND and garbage in one write: the connection is closed at the garbage and the
+    task relaying the SEND is cancelled, at once after it was started. Its forwarding slot comes
+    back all the same: with one slot, the next SEND goes through."""
+    async with fake_hop() as hop, DWCPPeer("a", routes={"bob": hop.address}, max_forwards=1) as a:
+        hop.release.set()
+        stream = await anyio.connect_tcp("127.0.0.1", a.port)
+        async with stream:
+            frame = encode_frame(M.SEND, new_message_id(), encode_send("bob", "x", b"1"))
+            await stream.send(frame + b"garbage!" * 8)
+            with anyio.fail_after(5):
+                while True:  # until the peer closes it
+                    try:
+                        await stream.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        break
+        async with await connect(a.port) as conn:
+            with anyio.fail_after(5):
+                assert await conn.send("bob", b"2") is False
+        relay = a.relay
+        assert relay is not None
+        assert relay.statistics().in_flight == 0
+        assert a.statistics().protocol_errors == 1
 
 
 async def test_a_client_gone_while_its_send_waits_leaves_the_relay_whole() -> None:
