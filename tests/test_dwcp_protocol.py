@@ -54,6 +54,7 @@ from dwcp_resilience.dwcp.protocol import (
     decode_deliver,
     decode_deliver_ack,
     decode_error,
+    decode_error_retry_after,
     decode_hello,
     decode_peers,
     decode_receive,
@@ -247,6 +248,13 @@ def test_payload_codecs_round_trip() -> None:
     assert decode_peers(encode_peers(peers)) == peers
     assert decode_peers(encode_peers([])) == ()
     assert decode_error(encode_error(ErrorCode.BUSY, "busy")) == (ErrorCode.BUSY, "busy")
+    for retry_after, seconds in [
+        (None, None),
+        (0.0001, 0.001),
+        (1.5, 1.5),
+        (math.inf, 0xFFFFFFFF / 1000),
+    ]:
+        assert decode_error_retry_after(encode_error(ErrorCode.BUSY, "", retry_after)) == seconds
 
 
 def test_new_message_ids_are_16_random_bytes() -> None:

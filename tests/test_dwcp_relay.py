@@ -281,6 +281,27 @@ async def test_the_next_hops_refusal_is_passed_on(code: ErrorCode, counter: str)
     assert (info.value.code, info.value.detail, info.value.retry_after) == (code, "from b", 1.5)
 
 
+async def test_a_next_hop_with_no_free_slot_is_busy_with_its_retry_after() -> None:
+    async with (
+        DWCPPeer("b", max_connections=1, evict_after=30.0) as b,
+        DWCPPeer("a", routes={"bob": f"127.0.0.1:{b.port}"}) as a,
+        await connect(b.port) as holder,
+    ):
+        await holder.ping()  # B's one slot is taken
+        b_address = b.address
+        async with await connect(a.port) as conn:
+            with pytest.raises(PeerError) as info:
+                await conn.send("bob", b"x")
+        assert a.relay is not None
+        assert a.relay.statistics().refused == 1
+    assert info.value.code == ErrorCode.BUSY
+    retry_after = info.value.retry_after
+    assert retry_after is not None
+    assert 20.0 < retry_after <= 30.0  # when B's idle connection may be evicted
+    assert info.value.detail.startswith(f"{b_address}: ")
+    assert is_retryable(info.value)
+
+
 # -- cancellation --------------------------------------------------------------------------------------
 
 

@@ -502,8 +502,14 @@ def decode_peers(payload: bytes) -> tuple[PeerInfo, ...]:
 
 def encode_error(code: int, detail: str = "", retry_after: float | None = None) -> bytes:
     """ERROR payload: a u16 code, a u32 ``retry_after`` in milliseconds (0: none; a BUSY peer
-    says when to come back) and a UTF-8 detail (cut to 1 KiB)."""
-    millis = 0 if retry_after is None else min(0xFFFFFFFF, max(1, math.ceil(retry_after * 1000)))
+    says when to come back; saturated at ``2**32 - 1``, ``inf`` included) and a UTF-8 detail (cut
+    to 1 KiB)."""
+    if retry_after is None:
+        millis = 0
+    elif retry_after >= _MAX_BUDGET_S:  # inf: a peer none of whose slots will free up
+        millis = 0xFFFFFFFF
+    else:
+        millis = max(1, math.ceil(retry_after * 1000))
     return _ERROR_HEAD.pack(code, millis) + detail.encode()[:1024]
 
 

@@ -27,7 +27,8 @@ a lost answer gets ``FLAG_DUPLICATE``, and the relay itself stores nothing.
   ``forward_timeout`` is taken to be stalled: its connection is closed.
 - **Failures.** The next hop could not be reached, the connection broke, it could not read the
   frame, or it did not answer within ``forward_timeout``: ``FORWARD_FAILED`` (transient: the client
-  resends with the same id).
+  resends with the same id). A next hop that refuses the connection (``BUSY``, with its
+  ``retry_after``) or the request (``MAILBOX_FULL``, ...) has its answer passed on.
 - Only SEND is relayed. RECEIVE and DELIVER_ACK are answered from the peer's own mailboxes: a
   delivery lease belongs to the connection that holds it.
 """
@@ -42,7 +43,7 @@ import anyio
 
 from ..core.clock import loop_time
 from ..core.validate import check_int, check_number
-from .errors import DWCPError, ErrorCode, ProtocolError, RequestExpired
+from .errors import DWCPError, ErrorCode, PeerError, ProtocolError, RequestExpired
 from .protocol import (
     DEFAULT_MAX_PAYLOAD,
     FLAG_CLOSING,
@@ -230,6 +231,12 @@ class Relay:
             return self._answer(
                 _EXPIRED, mid, ErrorCode.DEADLINE_EXCEEDED, _WAITED + " (not sent on)"
             )
+        except PeerError as exc:  # the next hop refused the connection (BUSY): say so
+            if conn is not None:
+                await self._discard(address, conn)
+            self._counts[_REFUSED] += 1
+            payload = encode_error(exc.code, f"{address}: {exc.detail}", exc.retry_after)
+            return encode_frame(M.ERROR, mid, payload)
         except DWCPError as exc:  # could not connect, the connection broke, bad bytes
             if conn is not None:
                 await self._discard(address, conn)
