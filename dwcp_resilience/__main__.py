@@ -67,6 +67,14 @@ def _address(value: str) -> str:
     return value
 
 
+def _route(value: str) -> tuple[str, str]:
+    """An argparse type: ``RECIPIENT=HOST:PORT``."""
+    recipient, sep, address = value.partition("=")
+    if not sep or not recipient:
+        raise argparse.ArgumentTypeError(f"expected RECIPIENT=HOST:PORT, got {value!r}")
+    return recipient, _address(address)
+
+
 def _seconds(*, allow_zero: bool) -> Callable[[str], float]:
     """An argparse type: a finite number of seconds, above 0 (or at least 0)."""
 
@@ -156,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="a peer known from the start, answered to discover (repeat for several)",
     )
+    peer.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        type=_route,
+        metavar="RECIPIENT=HOST:PORT",
+        help=(
+            "relay SENDs for RECIPIENT to the peer at HOST:PORT, which keeps its mailbox, with "
+            "what is left of each request's deadline (repeat for several)"
+        ),
+    )
     storage = peer.add_mutually_exclusive_group()
     storage.add_argument(
         "--store",
@@ -181,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds(allow_zero=False),
         default=5.0,
         metavar="SECONDS",
-        help="time limit of each attempt, connecting included (default 5)",
+        help=(
+            "time limit of each attempt, connecting included; each request tells the peer what "
+            "is left of it (default 5)"
+        ),
     )
     client.add_argument(
         "--retries",
@@ -267,12 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve_peer(
-    node_id: str, host: str, port: int, seeds: list[str], store: str | None
-) -> None:
+async def _serve_peer(args: argparse.Namespace, store: str | None) -> None:
     from .dwcp.peer import DWCPPeer  # noqa: PLC0415
 
-    async with DWCPPeer(node_id, host=host, port=port, seeds=seeds, store_path=store) as peer:
+    node_id = args.node_id
+    peer = DWCPPeer(
+        node_id,
+        host=args.host,
+        port=args.port,
+        seeds=args.seed,
+        store_path=store,
+        routes=dict(args.route),
+    )
+    async with peer:
         where = "in memory" if store is None else f"in {store}"
         # Ctrl-C and SIGTERM (a service manager's stop) end it cleanly, also where the shell that
         # started it in the background ignores SIGINT.
@@ -402,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with contextlib.suppress(KeyboardInterrupt):
                 store = None if args.in_memory else (args.store or f"dwcp-peer-{args.node_id}.db")
-                anyio.run(_serve_peer, args.node_id, args.host, args.port, args.seed, store)
+                anyio.run(_serve_peer, args, store)
         except Exception as exc:
             error = _bind_error(exc)
             if error is None:

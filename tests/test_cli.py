@@ -4,6 +4,7 @@ real peers on 127.0.0.1 (in process through ``main(argv)``, and as real subproce
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import signal
@@ -102,6 +103,9 @@ def test_the_help_spells_out_dwcp_and_the_exit_codes(capsys: pytest.CaptureFixtu
         (["connect", "--peer", "127.0.0.1:1", "--retries", "-1"], "whole number"),
         (["recv", "--peer", "127.0.0.1:1", "--node", "b", "--wait", "-1"], "0 or more"),
         (["peer", "p", "--port", "65536"], "0-65535"),
+        (["peer", "p", "--route", "bob"], "RECIPIENT=HOST:PORT"),
+        (["peer", "p", "--route", "=127.0.0.1:7000"], "RECIPIENT=HOST:PORT"),
+        (["peer", "p", "--route", "bob=127.0.0.1"], "expected HOST:PORT"),
         (["discover"], "--peer"),
     ],
 )
@@ -289,6 +293,33 @@ def test_the_commands_as_real_processes(peer_process: str) -> None:
     assert empty.returncode == EXIT_EMPTY
     version = run("--version")
     assert version.stdout.strip() == f"dwcp-resilience {metadata.version('dwcp-resilience')}"
+
+
+def test_a_cli_peer_relays_the_recipients_it_is_given_a_route_for(peer_process: str) -> None:
+    """``peer relay --route bob=HOST:PORT``: a send for bob through the relay lands on the peer
+    at HOST:PORT (one subprocess each), and is read there."""
+    relay = subprocess.Popen(
+        _python("peer", "relay", "--port", "0", "--in-memory", "--route", f"bob={peer_process}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_ENV,
+    )
+    try:
+        assert relay.stdout is not None
+        found = re.search(r"serving on (127\.0\.0\.1:\d+)", relay.stdout.readline())
+        assert found, relay.stderr.read() if relay.stderr else ""
+        run = functools.partial(
+            subprocess.run, capture_output=True, text=True, timeout=60, env=_ENV, check=False
+        )
+        sent = run(_python("send", "--peer", found[1], "--node", "alice", "bob", "relayed"))
+        assert sent.returncode == EXIT_OK, sent.stderr
+        got = run(_python("recv", "--peer", peer_process, "--node", "bob"))
+        assert (got.returncode, got.stdout) == (EXIT_OK, "alice\trelayed\n"), got.stderr
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.communicate(timeout=30)
+    assert relay.returncode == 0
 
 
 def test_a_cli_peer_keeps_its_mailboxes_across_a_kill(tmp_path: Path) -> None:

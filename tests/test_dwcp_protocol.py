@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 
@@ -10,7 +11,7 @@ from helpers import ID, header
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dwcp_resilience.core.errors import ResilienceError
+from dwcp_resilience.core.errors import DeadlineExceeded, ResilienceError
 from dwcp_resilience.dwcp.errors import (
     BadChecksum,
     BadMagic,
@@ -24,8 +25,10 @@ from dwcp_resilience.dwcp.errors import (
     ErrorCode,
     FrameTooLarge,
     IncompleteFrame,
+    PeerDeadlineExceeded,
     PeerError,
     ProtocolError,
+    RequestExpired,
     TransportError,
     UnexpectedFrame,
     UnknownType,
@@ -39,15 +42,19 @@ from dwcp_resilience.dwcp.protocol import (
     FLAG_REDELIVERED,
     HEADER_SIZE,
     MAGIC,
+    MAX_BUDGET_MS,
     VERSION,
     Delivery,
     Frame,
     FrameDecoder,
     MessageType,
     PeerInfo,
+    budget_deadline,
+    budget_ms,
     decode_deliver,
     decode_deliver_ack,
     decode_error,
+    decode_error_retry_after,
     decode_hello,
     decode_peers,
     decode_receive,
@@ -69,7 +76,14 @@ frames_st = st.builds(
     st.binary(min_size=16, max_size=16),
     st.binary(max_size=300),
     st.integers(0, 0xFFFF),
+    st.one_of(st.just(0), st.integers(1, MAX_BUDGET_MS)),
 )
+
+
+def encode(frame: Frame) -> bytes:
+    return encode_frame(
+        frame.type, frame.message_id, frame.payload, frame.flags, budget_ms=frame.budget_ms
+    )
 
 
 def decode_in_pieces(
@@ -90,18 +104,20 @@ def decode_in_pieces(
 
 
 def test_header_is_40_bytes_with_its_checksum_then_the_payload_and_its_checksum() -> None:
-    data = encode_frame(MessageType.PING, ID, b"abc", 5)
+    data = encode_frame(MessageType.PING, ID, b"abc", 5, budget_ms=1500)
     assert len(data) == HEADER_SIZE + 3 + CHECKSUM_SIZE == 47
     assert data[:4] == b"DWCP"
-    assert data[4] == VERSION == 2
+    assert data[4] == VERSION == 3
     assert data[5] == MessageType.PING
     assert struct.unpack(">H", data[6:8]) == (5,)
     assert data[8:24] == ID
     assert struct.unpack(">Q", data[24:32]) == (3,)
+    assert struct.unpack(">I", data[32:36]) == (1500,)  # the budget, in ms
     assert struct.unpack(">I", data[36:40]) == (zlib.crc32(data[:36]),)
     assert data[40:43] == b"abc"
     assert struct.unpack(">I", data[43:]) == (zlib.crc32(b"abc"),)
     assert len(encode_frame(MessageType.PING, ID)) == HEADER_SIZE  # no payload, no payload crc
+    assert encode_frame(MessageType.PING, ID)[32:36] == bytes(4)  # no deadline: 0
 
 
 @pytest.mark.parametrize("offset", range(47))
@@ -123,8 +139,7 @@ def test_any_flipped_byte_is_caught(offset: int) -> None:
 
 @given(frames_st)
 def test_frame_round_trip(frame: Frame) -> None:
-    data = encode_frame(frame.type, frame.message_id, frame.payload, frame.flags)
-    assert FrameDecoder().frames(data) == [frame]
+    assert FrameDecoder().frames(encode(frame)) == [frame]
 
 
 @settings(max_examples=300, deadline=None)
@@ -133,7 +148,7 @@ def test_any_sequence_split_anywhere_decodes_to_the_same_frames(
     frames: list[Frame], cuts: list[int]
 ) -> None:
     """Frames concatenated and cut at arbitrary points come out whole, in order."""
-    data = b"".join(encode_frame(f.type, f.message_id, f.payload, f.flags) for f in frames)
+    data = b"".join(encode(f) for f in frames)
     cuts = [c for c in cuts if c <= len(data)]
     assert decode_in_pieces(data, cuts) == frames
 
@@ -141,7 +156,7 @@ def test_any_sequence_split_anywhere_decodes_to_the_same_frames(
 @settings(max_examples=50, deadline=None)
 @given(st.lists(frames_st, min_size=1, max_size=4))
 def test_one_byte_slices_decode(frames: list[Frame]) -> None:
-    data = b"".join(encode_frame(f.type, f.message_id, f.payload, f.flags) for f in frames)
+    data = b"".join(encode(f) for f in frames)
     assert decode_in_pieces(data, list(range(len(data)))) == frames
 
 
@@ -149,13 +164,60 @@ def test_one_byte_slices_decode(frames: list[Frame]) -> None:
 @given(st.lists(frames_st, min_size=1, max_size=4), st.data())
 def test_eof_inside_a_frame_is_incomplete_frame(frames: list[Frame], data: st.DataObject) -> None:
     """Cut inside the last frame: the frames before it come out, then eof() raises IncompleteFrame."""
-    encoded = [encode_frame(f.type, f.message_id, f.payload, f.flags) for f in frames]
+    encoded = [encode(f) for f in frames]
     before = b"".join(encoded[:-1])
     cut = data.draw(st.integers(1, len(encoded[-1]) - 1))
     decoder = FrameDecoder()
     assert decoder.frames(before + encoded[-1][:cut]) == frames[:-1]
     with pytest.raises(IncompleteFrame, match="end of stream inside a frame"):
         decoder.eof()
+
+
+# -- the budget ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("remaining", "expected"),
+    [
+        (1e-9, 1),  # a sliver left is 1 ms, never 0 (which means "no deadline")
+        (0.001, 1),
+        (0.0010001, 2),  # rounded up: the receiver never gives up before the sender
+        (0.25, 250),
+        (30.0, 30_000),
+        (MAX_BUDGET_MS / 1000, MAX_BUDGET_MS),
+        (1e12, MAX_BUDGET_MS),  # saturates
+        (math.inf, 0),  # no deadline
+    ],
+)
+def test_budget_ms(remaining: float, expected: int) -> None:
+    assert budget_ms(remaining) == expected
+
+
+@pytest.mark.parametrize("remaining", [0.0, -0.001, -math.inf, math.nan])
+def test_budget_ms_refuses_a_passed_deadline(remaining: float) -> None:
+    with pytest.raises(ValueError, match="remaining"):
+        budget_ms(remaining)
+
+
+@given(
+    st.floats(min_value=1e-6, max_value=MAX_BUDGET_MS / 1000, allow_nan=False),
+    st.floats(min_value=-1e6, max_value=1e6, allow_nan=False),
+)
+def test_a_budget_never_ends_before_the_senders_deadline_and_is_at_most_1_ms_later(
+    remaining: float, arrived: float
+) -> None:
+    """Sent at ``now`` with ``remaining`` s, received at ``arrived``: the receiver's deadline is
+    ``arrived + remaining``, up to 1 ms later (the rounding), never earlier."""
+    budget = budget_ms(remaining)
+    assert 1 <= budget <= MAX_BUDGET_MS
+    deadline = budget_deadline(budget, arrived)
+    slack = deadline - (arrived + remaining)
+    assert -1e-9 * max(1.0, abs(arrived) + remaining) <= slack < 0.001 + 1e-9 * abs(arrived)
+
+
+def test_budget_deadline_of_no_budget_is_inf() -> None:
+    assert budget_deadline(0, 123.0) == math.inf
+    assert budget_deadline(1500, 10.0) == pytest.approx(11.5)
 
 
 def test_eof_after_three_of_the_length_bytes() -> None:
@@ -186,6 +248,13 @@ def test_payload_codecs_round_trip() -> None:
     assert decode_peers(encode_peers(peers)) == peers
     assert decode_peers(encode_peers([])) == ()
     assert decode_error(encode_error(ErrorCode.BUSY, "busy")) == (ErrorCode.BUSY, "busy")
+    for retry_after, seconds in [
+        (None, None),
+        (0.0001, 0.001),
+        (1.5, 1.5),
+        (math.inf, 0xFFFFFFFF / 1000),
+    ]:
+        assert decode_error_retry_after(encode_error(ErrorCode.BUSY, "", retry_after)) == seconds
 
 
 def test_new_message_ids_are_16_random_bytes() -> None:
@@ -234,7 +303,16 @@ def test_unsupported_version_names_the_frame() -> None:
     with pytest.raises(UnsupportedVersion) as info:
         FrameDecoder().frames(header(MessageType.PING, 0, version=1))
     assert info.value.message_id == ID
-    assert "version 1 (this side speaks 2)" in str(info.value)
+    assert "version 1 (this side speaks 3)" in str(info.value)
+
+
+def test_a_version_2_frame_is_refused_not_read_without_its_deadline() -> None:
+    """Version 2 had the same 40-byte header with bytes 32-35 reserved: read as version 3, its
+    requests would carry no deadline. It is refused instead, at the version byte."""
+    with pytest.raises(UnsupportedVersion, match=r"version 2 \(this side speaks 3\)") as info:
+        FrameDecoder().frames(header(MessageType.SEND, 0, version=2))
+    assert info.value.message_id == ID
+    assert info.value.code is ErrorCode.UNSUPPORTED_VERSION
 
 
 def test_a_version_1_header_is_refused_before_it_is_complete() -> None:
@@ -308,6 +386,16 @@ def test_encode_refuses_bad_input() -> None:
         encode_frame(MessageType.PING, ID, b"xx", max_payload=1)
     with pytest.raises(ValueError, match="flags"):
         encode_frame(MessageType.PING, ID, flags=1 << 16)
+    with pytest.raises(ValueError, match="budget_ms"):
+        encode_frame(MessageType.PING, ID, budget_ms=MAX_BUDGET_MS + 1)
+    with pytest.raises(ValueError, match="budget_ms"):
+        encode_frame(MessageType.PING, ID, budget_ms=-1)
+    with pytest.raises(ValueError, match="budget_ms"):
+        encode_frame(MessageType.PING, ID, budget_ms=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="flags"):
+        encode_frame(MessageType.PING, ID, flags=-1)
+    with pytest.raises(ValueError, match="cannot encode"):
+        encode_frame(300, ID)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="node_id"):
         encode_hello("x" * 256)
     with pytest.raises(ValueError, match="message_id"):
@@ -351,6 +439,13 @@ def test_error_tree_keeps_protocol_and_connection_errors_apart() -> None:
         assert not issubclass(transport, ProtocolError)
     assert issubclass(ConnectTimeout, TimeoutError)
     assert not issubclass(PeerError, OSError | ProtocolError)
+    # A deadline refused by the peer, or passed before sending: what a caller catches as a timeout.
+    for deadline in (PeerDeadlineExceeded, RequestExpired):
+        assert issubclass(deadline, DeadlineExceeded)
+        assert issubclass(deadline, TimeoutError)
+        assert issubclass(deadline, DWCPError)
+        assert not issubclass(deadline, ProtocolError | TransportError)
+    assert issubclass(PeerDeadlineExceeded, PeerError)
 
 
 def test_is_retryable() -> None:
@@ -362,6 +457,28 @@ def test_is_retryable() -> None:
     assert is_retryable(PeerError(ErrorCode.BUSY))
     assert not is_retryable(PeerError(ErrorCode.BAD_PAYLOAD))
     assert not is_retryable(ValueError("x"))
+    assert is_retryable(PeerError(ErrorCode.FORWARD_FAILED))  # the next hop, resent by id
+    assert not is_retryable(PeerDeadlineExceeded(ErrorCode.DEADLINE_EXCEEDED))
+    assert not is_retryable(RequestExpired())
+
+
+def test_deadline_errors_read_as_both_parents() -> None:
+    refused = PeerDeadlineExceeded(ErrorCode.DEADLINE_EXCEEDED, "waited 12 ms of 10 ms")
+    assert str(refused) == "peer error DEADLINE_EXCEEDED: waited 12 ms of 10 ms"
+    assert (refused.code, refused.detail, refused.retry_after) == (
+        12,
+        "waited 12 ms of 10 ms",
+        None,
+    )
+    assert (refused.name, refused.timeout) == ("dwcp-peer", None)
+    assert not refused.retryable
+    assert (
+        repr(refused)
+        == "PeerDeadlineExceeded(<ErrorCode.DEADLINE_EXCEEDED: 12>, 'waited 12 ms of 10 ms')"
+    )
+    expired = RequestExpired()
+    assert str(expired) == "'dwcp-request': deadline exceeded"
+    assert repr(expired) == "RequestExpired('dwcp-request')"
 
 
 def test_peer_error_str() -> None:

@@ -7,6 +7,7 @@ asyncio and uvloop (1,024 sockets each side).
 
 from __future__ import annotations
 
+import math
 import resource
 from typing import Any
 
@@ -117,6 +118,21 @@ async def test_busy_carries_a_retry_after() -> None:
         assert info.value.code == ErrorCode.BUSY
         retry_after: Any = info.value.retry_after
         assert 4.0 < retry_after <= 5.0  # when the first connection becomes evictable
+
+
+async def test_busy_when_no_slot_will_ever_free_up_saturates_its_retry_after() -> None:
+    """``evict_after=inf`` and an idle connection on the one slot: no slot will free up, and
+    the newcomer's BUSY says so with the largest ``retry_after`` the frame holds (it used to
+    crash the peer: ``ceil(inf)``)."""
+    async with DWCPPeer("peer", max_connections=1, evict_after=math.inf) as peer:
+        async with await DWCPConnection.connect("127.0.0.1", peer.port) as first:
+            await first.ping()
+            async with await DWCPConnection.connect("127.0.0.1", peer.port) as second:
+                with pytest.raises(PeerError) as info:
+                    await second.ping()
+            await first.ping()  # still serving
+    assert info.value.code == ErrorCode.BUSY
+    assert info.value.retry_after == 0xFFFFFFFF / 1000
 
 
 def test_slots_validate_their_config() -> None:

@@ -1,14 +1,17 @@
 """The DWCP example, for real: a framed protocol over TCP, peers with mailboxes, a client
 connection, and a chaos proxy that injects network faults.
 
-- :mod:`.protocol`: frames (32-byte header, bounded payload), payload codecs, :class:`FrameDecoder`;
+- :mod:`.protocol`: frames (40-byte header with the request's deadline budget, bounded payload,
+  checksums), payload codecs, :class:`FrameDecoder`;
 - :mod:`.errors`: ``ProtocolError`` (malformed bytes), ``TransportError`` (the socket failed),
-  ``PeerError`` (the peer answered ERROR), and :func:`is_retryable`;
-- :mod:`.transport`: :class:`DWCPConnection`, one request/response per operation, pipelined;
+  ``PeerError`` (the peer answered ERROR; ``PeerDeadlineExceeded``), and :func:`is_retryable`;
+- :mod:`.transport`: :class:`DWCPConnection`, one request/response per operation, pipelined, each
+  request carrying what is left of the deadline in force;
 - :mod:`.mailbox`: the peer's pure core (bounded mailboxes, de-duplication, delivery leases);
 - :mod:`.journal` and :mod:`.durable`: that core kept in SQLite (WAL mode; group commit in a
   worker thread: :class:`DurableMailboxes`);
-- :mod:`.peer`: :class:`DWCPPeer`, a TCP server on loopback;
+- :mod:`.peer`: :class:`DWCPPeer`, a TCP server on loopback; :mod:`.serving` its connections,
+  :mod:`.answers` its pure answers, :mod:`.relay` the SENDs it relays (:class:`Relay`);
 - :mod:`.proxy`: :class:`ChaosProxy`; :mod:`.faults`: the faults it injects and its schedules;
 - :mod:`.client`: :class:`DWCPResilientClient`, every operation through a ResilienceManager;
 - :mod:`.scenario` and :mod:`.demo`: the traffic scenario and the ``make demo`` orchestration.
@@ -30,8 +33,10 @@ from .errors import (
     FrameRejected,
     FrameTooLarge,
     IncompleteFrame,
+    PeerDeadlineExceeded,
     PeerError,
     ProtocolError,
+    RequestExpired,
     TransportError,
     UnexpectedFrame,
     UnknownType,
@@ -57,6 +62,7 @@ from .protocol import (
     new_message_id,
 )
 from .proxy import ChaosProxy, ProxyStatistics
+from .relay import Relay, RelayStatistics
 from .transport import ConnectionStatistics, DWCPConnection
 
 __all__ = (
@@ -98,12 +104,16 @@ __all__ = (
     "MailboxStoreError",
     "Mailboxes",
     "MessageType",
+    "PeerDeadlineExceeded",
     "PeerError",
     "PeerInfo",
     "PeerStatistics",
     "ProtocolError",
     "ProxyStatistics",
     "RECEIVE",
+    "Relay",
+    "RelayStatistics",
+    "RequestExpired",
     "ResetPeer",
     "SEND",
     "SQLiteJournal",

@@ -42,6 +42,15 @@ is cancelled and, like any attempt cancelled on a connection, closes it (a reque
 suggests it is stalled). At most 10 % of discoveries (or 1 a second) are hedged; a failed discovery
 is left to the retry. ``discover_hedge=None`` turns it off.
 
+Deadlines travel on the wire: every request frame carries the time left before the innermost
+deadline in force when it is written (the ``OperationContext``'s, the operation's total deadline,
+the attempt timeout, an enclosing anyio cancel scope: the earliest), and the peer refuses work
+whose deadline passed before it got to it with ``DEADLINE_EXCEEDED``. The caller then gets
+:class:`~dwcp_resilience.dwcp.errors.PeerDeadlineExceeded` (a ``TimeoutError``), which the
+breakers count as a failure, like a timeout, and the retry does not resend. A request whose
+deadline has passed before it is written is not sent
+(:class:`~dwcp_resilience.dwcp.errors.RequestExpired`, a timeout like the attempt timeout's).
+
 Recovery after a peer restart takes seconds, not minutes, without hammering a dead peer:
 
 - **One fault per connection.** Many requests share one connection; when it breaks they all fail
@@ -75,7 +84,14 @@ from ..core.validate import check_int, check_name, check_number
 from ..manager import ResilienceManager, ResilienceSnapshot
 from ..policies.hedge import Percentile, hedge_attempt
 from ..slo.checks import PingCheck
-from .errors import ConnectFailed, DWCPError, is_repeat_fault, is_retryable, mark_repeat_fault
+from .errors import (
+    ConnectFailed,
+    DWCPError,
+    PeerDeadlineExceeded,
+    is_repeat_fault,
+    is_retryable,
+    mark_repeat_fault,
+)
 from .protocol import Delivery, PeerInfo, new_message_id
 from .transport import DWCPConnection
 
@@ -88,8 +104,14 @@ CONNECT = "concurrent-connections"
 
 
 def _failure(exc: BaseException) -> bool:
-    """What counts as a failure of a DWCP attempt (and is worth retrying)."""
+    """What counts as a failure of a DWCP attempt in the breakers."""
     return is_retryable(exc) or isinstance(exc, TimeoutError)
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    """What a retry sends again: a failure, but not a peer's ``DEADLINE_EXCEEDED`` (the budget it
+    ran out of was the innermost deadline in force, the caller's)."""
+    return not isinstance(exc, PeerDeadlineExceeded) and _failure(exc)
 
 
 def _open_periods(initial: float, longest: float) -> Callable[[int], float]:
@@ -255,7 +277,7 @@ class DWCPResilientClient:
                 c.max_retry_delay,
                 c.retry_multiplier,
                 True,
-                retry_on=_failure,
+                retry_on=_worth_retrying,
             )
             # record_latency: network calls cost ~100 us, two clock reads do not show, and the
             # breaker's request-duration histogram (a Go metric) then has data.

@@ -18,18 +18,23 @@ Three kinds, kept apart so a breaker or a retry can classify them::
         │   └── ConnectionLost            an established connection broke
         │       ├── ConnectionReset       RST / broken pipe
         │       └── ConnectionClosed      end of stream at a frame boundary, or closed locally
-        └── PeerError                     the peer answered with an ERROR frame (``code``, ``detail``)
+        ├── PeerError                     the peer answered with an ERROR frame (``code``, ``detail``)
+        │   └── PeerDeadlineExceeded      (also DeadlineExceeded, so TimeoutError) code
+        │                                 DEADLINE_EXCEEDED: the request's budget ran out there
+        └── RequestExpired                (also DeadlineExceeded) the deadline had passed before
+                                          the request was sent: nothing was sent
 
 :func:`is_retryable` says which of them a retry may resend: every ``TransportError`` and
 ``ProtocolError`` (the connection is dropped, the request never got a valid answer, and DWCP requests
-are idempotent by message id), and a ``PeerError`` whose code is transient (mailbox full, busy).
+are idempotent by message id), and a ``PeerError`` whose code is transient (mailbox full, busy,
+forward failed). Not a ``PeerDeadlineExceeded``: the budget it carried was the caller's.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
 
-from ..core.errors import ResilienceError
+from ..core.errors import DeadlineExceeded, ResilienceError
 
 __all__ = (
     "BadChecksum",
@@ -45,8 +50,10 @@ __all__ = (
     "FrameRejected",
     "FrameTooLarge",
     "IncompleteFrame",
+    "PeerDeadlineExceeded",
     "PeerError",
     "ProtocolError",
+    "RequestExpired",
     "TransportError",
     "UnexpectedFrame",
     "UnknownType",
@@ -71,9 +78,30 @@ class ErrorCode(IntEnum):
     BUSY = 9
     INTERNAL = 10
     BAD_CHECKSUM = 11
+    DEADLINE_EXCEEDED = 12
+    """The request's deadline (its header's budget) passed before the peer could do it, or, at a
+    relay, before the next hop answered (the next hop may have stored it then)."""
+    FORWARD_FAILED = 13
+    """A relay could not hand the request to the next hop (or got no answer within its own
+    ``forward_timeout``); transient: a resend with the same message id is stored once."""
 
 
-_TRANSIENT_CODES = frozenset({ErrorCode.MAILBOX_FULL, ErrorCode.BUSY, ErrorCode.INTERNAL})
+_TRANSIENT_CODES = frozenset(
+    {ErrorCode.MAILBOX_FULL, ErrorCode.BUSY, ErrorCode.INTERNAL, ErrorCode.FORWARD_FAILED}
+)
+PROTOCOL_CODES = frozenset(
+    {
+        ErrorCode.BAD_FRAME,
+        ErrorCode.UNSUPPORTED_VERSION,
+        ErrorCode.UNKNOWN_TYPE,
+        ErrorCode.FRAME_TOO_LARGE,
+        ErrorCode.INCOMPLETE_FRAME,
+        ErrorCode.BAD_PAYLOAD,
+        ErrorCode.UNEXPECTED_FRAME,
+        ErrorCode.BAD_CHECKSUM,
+    }
+)
+"""The codes that say a frame could not be read (as opposed to a refusal of the request)."""
 
 
 class DWCPError(ResilienceError):
@@ -216,6 +244,42 @@ class PeerError(DWCPError):
     def __str__(self) -> str:
         name = _code_name(self.code)
         return f"peer error {name}: {self.detail}" if self.detail else f"peer error {name}"
+
+
+class PeerDeadlineExceeded(PeerError, DeadlineExceeded):
+    """The peer answered ``DEADLINE_EXCEEDED``: the budget the request carried ran out before the
+    peer could do it (it waited behind other work there), or, at a relay, before the next hop
+    answered. Also a :class:`~dwcp_resilience.DeadlineExceeded`, so a ``TimeoutError``; not
+    retryable (that budget was the caller's). Refused before the work started, nothing was
+    stored; refused by a relay after it forwarded, the next hop may have stored the message (a
+    resend with the same id is then a duplicate)."""
+
+    def __init__(
+        self,
+        code: int = ErrorCode.DEADLINE_EXCEEDED,
+        detail: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        # Both parents' __init__ take other arguments: set what each one's methods read.
+        Exception.__init__(self, code, detail, retry_after)
+        self.code, self.detail, self.retry_after = code, detail, retry_after
+        self.name, self.timeout = "dwcp-peer", None
+
+    def __repr__(self) -> str:
+        return f"PeerDeadlineExceeded({self.code!r}, {self.detail!r})"
+
+
+class RequestExpired(DWCPError, DeadlineExceeded):
+    """The deadline in force had passed when a request was to be written: nothing was sent (the
+    header's budget cannot say "already expired", and a peer should not be asked for work whose
+    caller has given up). Also a :class:`~dwcp_resilience.DeadlineExceeded`, so a
+    ``TimeoutError``."""
+
+    def __init__(self, name: str = "dwcp-request") -> None:
+        DeadlineExceeded.__init__(self, name)
+
+    def __repr__(self) -> str:
+        return f"RequestExpired({self.name!r})"
 
 
 def is_retryable(exc: BaseException) -> bool:

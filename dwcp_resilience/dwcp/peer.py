@@ -1,12 +1,14 @@
 """``DWCPPeer``: a DWCP node serving mailboxes, discovery and pings over TCP on loopback.
 
-One task per connection reads frames, answers each from the pure :class:`Mailboxes` core (no
-``await`` between reading and writing state), and writes the answers of one read in one send. Each
-connection costs at most one read buffer plus one frame (``max_payload``), and there are at most
-``max_connections`` of them (``max_connections_per_source`` per remote address). Who gets a slot,
-and who is closed to make room (idle, trickling frames, eviction of the longest-unproductive
-connection under pressure) is :class:`~dwcp_resilience.dwcp.slots.ConnectionSlots`; a connection
-that finds no slot gets ``ERROR BUSY`` with a ``retry_after`` and is closed.
+One task per connection (:class:`~dwcp_resilience.dwcp.serving.PeerConnection`) reads frames,
+answers each from the pure :class:`~dwcp_resilience.dwcp.answers.PeerAnswers` over the
+:class:`Mailboxes` core (no ``await`` between reading and writing state), and writes the answers of
+one read in one send. Each connection costs at most one read buffer plus one frame
+(``max_payload``), and there are at most ``max_connections`` of them
+(``max_connections_per_source`` per remote address). Who gets a slot, and who is closed to make
+room (idle, trickling frames, eviction of the longest-unproductive connection under pressure) is
+:class:`~dwcp_resilience.dwcp.slots.ConnectionSlots`; a connection that finds no slot gets
+``ERROR BUSY`` with a ``retry_after`` and is closed.
 
 A misbehaving connection (garbage, a 2**63 length prefix, a partial frame then EOF, an unknown type, a
 frame over the maximum, a reply type sent as a request, a half-closed socket mid-frame) gets an ERROR
@@ -20,21 +22,26 @@ committed, so a SEND's ACK survives a crash of the peer (and a power loss, with 
 ``store_synchronous="FULL"``). A failed commit stops the peer (``serve`` raises
 :class:`~dwcp_resilience.dwcp.journal.MailboxStoreError`); a restart recovers the committed state.
 
+Deadlines: a request's header carries the time its sender had left (the budget); the peer counts
+it from the read that brought the frame, and refuses a request whose deadline passed before it got
+to it with ``ERROR DEADLINE_EXCEEDED``, touching nothing (no mailbox, no store). A request is
+answered as soon as its frame is read, so one waits here only behind a SEND being relayed on the
+same connection. A request that was carried out is answered, even late: a stored SEND is
+acknowledged once committed, whatever its deadline.
+
+Relaying: with ``routes={recipient: "host:port"}``, a SEND for a routed recipient is relayed to the
+peer that keeps its mailbox, with what is left of its deadline, and answered with that peer's
+answer (:mod:`~dwcp_resilience.dwcp.relay`); its connection goes on being read meanwhile.
+
 Lifetime: ``async with DWCPPeer("a") as peer:`` (then ``peer.port``), or ``await tg.start(peer.serve)``
 inside your own task group, or ``await peer.start()`` / ``await peer.aclose()`` from the same task.
-
-This module is over 450 lines because it is one class whose accept loop, connection loop and
-request answers share the peer's state; the decisions live in the pure cores it calls
-(:mod:`~dwcp_resilience.dwcp.mailbox`, :mod:`~dwcp_resilience.dwcp.slots`,
-:mod:`~dwcp_resilience.dwcp.protocol`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import count
 
@@ -45,43 +52,21 @@ from anyio.abc import SocketAttribute
 from ..core.clock import loop_time
 from ..core.validate import check_int, check_name
 from ._service import BackgroundService, accept_forever
+from .answers import PeerAnswers
 from .durable import DurableMailboxes
-from .errors import ErrorCode, ProtocolError, UnexpectedFrame
+from .errors import ErrorCode, ProtocolError
 from .journal import MailboxStoreError, Synchronous
-from .mailbox import Mailboxes, StoreResult
-from .protocol import (
-    DEFAULT_MAX_PAYLOAD,
-    FLAG_CLOSING,
-    FLAG_DUPLICATE,
-    FLAG_EMPTY,
-    FLAG_REDELIVERED,
-    Frame,
-    FrameDecoder,
-    MessageType,
-    PeerInfo,
-    decode_deliver_ack,
-    decode_hello,
-    decode_receive,
-    decode_send,
-    encode_deliver,
-    encode_error,
-    encode_frame,
-    encode_hello,
-    encode_peers,
-)
+from .mailbox import Mailboxes
+from .protocol import DEFAULT_MAX_PAYLOAD, PeerInfo
+from .relay import Relay
+from .serving import PeerConnection, Traffic, send_closing_error
 from .slots import ConnectionSlots, Slot
 
 __all__ = ("DWCPPeer", "PeerStatistics")
 
 log = logging.getLogger(__name__)
 
-_READ_SIZE = 65536
 _NO_ID = bytes(16)
-_ERROR_SEND_TIMEOUT = 1.0
-M = MessageType
-# The requests whose answers wait for a durable store's commit (a duplicate SEND included: its
-# first copy may still be in flight).
-_COMMIT_FIRST = frozenset({M.SEND, M.RECEIVE, M.DELIVER_ACK})
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,17 +94,9 @@ class PeerStatistics:
     accept_errors: int
     buffered_bytes: int
     known_peers: int
-
-
-class _Conn:
-    """One connection: its decoder, the scope that closes it, and its slot."""
-
-    __slots__ = ("decoder", "scope", "slot")
-
-    def __init__(self, decoder: FrameDecoder, scope: anyio.CancelScope, slot: Slot) -> None:
-        self.decoder = decoder
-        self.scope = scope
-        self.slot = slot
+    deadline_exceeded: int  # requests answered DEADLINE_EXCEEDED (here or at the relay)
+    relayed: int  # SENDs the next hop acknowledged
+    relay_failures: int  # SENDs answered FORWARD_FAILED
 
 
 def _source(stream: anyio.abc.SocketStream) -> str:
@@ -129,14 +106,6 @@ def _source(stream: anyio.abc.SocketStream) -> str:
     except (anyio.TypedAttributeLookupError, OSError):
         return ""
     return str(address[0]) if isinstance(address, tuple) else str(address)
-
-
-def _seed(value: str | PeerInfo) -> PeerInfo:
-    if isinstance(value, PeerInfo):
-        return value
-    if isinstance(value, str) and value:
-        return PeerInfo("", value)
-    raise TypeError(f"seeds must be 'host:port' strings or PeerInfo, got {value!r}")
 
 
 class DWCPPeer(BackgroundService):
@@ -163,6 +132,10 @@ class DWCPPeer(BackgroundService):
             mailboxes in SQLite there (see :class:`DurableMailboxes`), loaded at each start.
         store_synchronous: ``"FULL"`` (default: an acknowledged message survives power loss) or
             ``"NORMAL"`` (it survives a crash of the process only); used with ``store_path``.
+        routes: recipient node id -> ``"host:port"`` of the peer that keeps its mailbox: SENDs for
+            these recipients are relayed there (see :mod:`~dwcp_resilience.dwcp.relay`).
+        max_forwards, forward_timeout: SENDs relayed at once, and the longest a relayed SEND may
+            take whatever its deadline (``inf``: no bound of the relay's own).
     """
 
     def __init__(
@@ -186,12 +159,14 @@ class DWCPPeer(BackgroundService):
         max_known_peers: int = 1024,
         store_path: str | os.PathLike[str] | None = None,
         store_synchronous: Synchronous = "FULL",
+        routes: Mapping[str, str] | None = None,
+        max_forwards: int = 256,
+        forward_timeout: float = 30.0,
     ) -> None:
         self.node_id = check_name(node_id, "node_id")
         self.host = check_name(host, "host")
         self._requested_port = check_int(port, "port", min_value=0, max_value=65535)
-        self.seeds = tuple(_seed(s) for s in seeds)
-        self._mail = Mailboxes(
+        mail = Mailboxes(
             capacity=mailbox_capacity,
             max_nodes=max_nodes,
             dedup_window=dedup_window,
@@ -210,6 +185,22 @@ class DWCPPeer(BackgroundService):
             )
         )
         self._max_payload = check_int(max_payload, "max_payload", min_value=0)
+        relay = Relay(
+            self.node_id,
+            {} if routes is None else routes,
+            max_forwards=max_forwards,
+            forward_timeout=forward_timeout,
+            max_payload=self._max_payload,
+        )  # built even without routes: it validates the settings
+        self._relay = relay if relay.routes else None
+        self._answers = PeerAnswers(
+            self.node_id,
+            mail,
+            seeds=seeds,
+            max_known=max_known_peers,
+            max_payload=self._max_payload,
+            relay=self._relay,
+        )
         self._slots = ConnectionSlots(
             max_connections=max_connections,
             max_per_source=max_connections_per_source,
@@ -218,15 +209,13 @@ class DWCPPeer(BackgroundService):
             send_timeout=send_timeout,
             evict_after=evict_after,
         )
-        self._max_known = check_int(max_known_peers, "max_known_peers", min_value=0)
-        self._known: OrderedDict[str, str] = OrderedDict()
-        self._conns: dict[int, _Conn] = {}
+        self._conns: dict[int, PeerConnection] = {}
         self._ids = count(1)
         self._port: int | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._total = self._protocol_errors = self._connection_errors = 0
         self._accept_errors = 0
-        self._frames_in = self._frames_out = self._bytes_in = self._bytes_out = 0
+        self._traffic = Traffic()
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -243,36 +232,44 @@ class DWCPPeer(BackgroundService):
         return "" if self._port is None else f"{self.host}:{self._port}"
 
     @property
+    def seeds(self) -> tuple[PeerInfo, ...]:
+        """The peers known from the start."""
+        return self._answers.seeds
+
+    @property
     def mailboxes(self) -> Mailboxes:
         """The pure mailbox core (read it; change it only through the protocol). With a
         ``store_path``, the one loaded at the last start."""
-        return self._mail
+        return self._answers.mail
 
     @property
     def store(self) -> DurableMailboxes | None:
         """The SQLite store given by ``store_path`` (``None`` in memory)."""
         return self._store
 
+    @property
+    def relay(self) -> Relay | None:
+        """What relays the SENDs of ``routes`` (``None`` without routes)."""
+        return self._relay
+
     def known_peers(self) -> tuple[PeerInfo, ...]:
         """What DISCOVER answers: the seeds, then the peers that said HELLO (newest last)."""
-        seen = {p.address for p in self.seeds}
-        learned = tuple(
-            PeerInfo(n, a) for n, a in self._known.items() if a not in seen and n != self.node_id
-        )
-        return self.seeds + learned
+        return self._answers.known_peers()
 
     def statistics(self) -> PeerStatistics:
         """A snapshot of the counters."""
-        mail = self._mail
+        answers, traffic = self._answers, self._traffic
+        mail = answers.mail
+        relayed = self._relay.statistics() if self._relay is not None else None
         return PeerStatistics(
             self.node_id,
             len(self._conns),
             self._total,
             self._slots.rejected,
-            self._frames_in,
-            self._frames_out,
-            self._bytes_in,
-            self._bytes_out,
+            traffic.frames_in,
+            traffic.frames_out,
+            traffic.bytes_in,
+            traffic.bytes_out,
             mail.stored,
             mail.delivered,
             mail.deliveries,
@@ -285,14 +282,17 @@ class DWCPPeer(BackgroundService):
             self._connection_errors,
             self._accept_errors,
             sum(c.decoder.buffered for c in self._conns.values()),
-            len(self._known),
+            answers.known_count,
+            answers.expired + (relayed.expired if relayed else 0),
+            relayed.relayed if relayed else 0,
+            relayed.failed if relayed else 0,
         )
 
     def __repr__(self) -> str:
         where = self.address or "not serving"
         return (
             f"<DWCPPeer {self.node_id!r} {where} connections={len(self._conns)} "
-            f"held={len(self._mail)} protocol_errors={self._protocol_errors}>"
+            f"held={len(self._answers.mail)} protocol_errors={self._protocol_errors}>"
         )
 
     # -- lifetime ------------------------------------------------------------------------------------
@@ -309,13 +309,16 @@ class DWCPPeer(BackgroundService):
         """
         store = self._store
         if store is not None:
-            self._mail = await store.open()
+            self._answers.mail = await store.open()
         try:
             listener = await anyio.create_tcp_listener(
                 local_host=self.host, local_port=self._requested_port
             )
             async with listener, anyio.create_task_group() as tg:
                 self._port = listener.extra(SocketAttribute.local_port)
+                self._answers.address = self.address
+                if self._relay is not None:
+                    self._relay.open(self.address)
                 tg.start_soon(self._watchdog)
                 task_status.started(self._port)
                 try:
@@ -328,7 +331,10 @@ class DWCPPeer(BackgroundService):
                     )
                 finally:
                     self._port = None
+                    self._answers.address = ""
         finally:
+            if self._relay is not None:
+                await self._relay.aclose()
             if store is not None:
                 await store.aclose()  # commits the releases of the closed connections
 
@@ -353,21 +359,32 @@ class DWCPPeer(BackgroundService):
         scope = anyio.CancelScope()
         slot = self._slots.admit(_source(stream), loop_time(), scope.cancel)
         if not isinstance(slot, Slot):
-            await self._send_error(
-                stream, _NO_ID, ErrorCode.BUSY, "too many connections", retry_after=slot
+            detail = "too many connections"
+            await send_closing_error(
+                stream, _NO_ID, ErrorCode.BUSY, detail, self._traffic, retry_after=slot
             )
             await anyio.aclose_forcefully(stream)
             return
         self._total += 1
-        conn = self._conns[cid] = _Conn(FrameDecoder(self._max_payload), scope, slot)
+        conn = self._conns[cid] = PeerConnection(
+            cid,
+            stream,
+            slot,
+            max_payload=self._max_payload,
+            answers=self._answers,
+            store=self._store,
+            relay=self._relay,
+            traffic=self._traffic,
+        )
         try:
             with scope:
-                await self._serve_connection(cid, stream, conn)
+                await conn.serve()
             if slot.closed_by is not None:
                 self._connection_errors += 1  # a timeout, or evicted to make room
         except ProtocolError as exc:
             self._protocol_errors += 1
-            await self._send_error(stream, exc.message_id or _NO_ID, exc.code, str(exc))
+            mid = exc.message_id or _NO_ID
+            await send_closing_error(stream, mid, exc.code, str(exc), self._traffic)
         except MailboxStoreError:
             raise  # fail-stop: the peer's memory holds changes its disk does not
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
@@ -378,120 +395,6 @@ class DWCPPeer(BackgroundService):
         finally:
             self._slots.release(slot)
             del self._conns[cid]
-            self._mail.release(cid)
+            self._answers.mail.release(cid)
             with anyio.CancelScope(shield=True):
                 await anyio.aclose_forcefully(stream)
-
-    async def _serve_connection(
-        self, cid: int, stream: anyio.abc.SocketStream, conn: _Conn
-    ) -> None:
-        decoder, slot = conn.decoder, conn.slot
-        store = self._store
-        while True:
-            try:
-                data = await stream.receive(_READ_SIZE)
-            except anyio.EndOfStream:
-                decoder.eof()  # IncompleteFrame if the stream ended inside a frame
-                return
-            self._bytes_in += len(data)
-            if not decoder.buffered:
-                slot.frame_since = loop_time()  # a frame begins: frame_timeout runs
-            decoder.feed(data)
-            slot.busy = True
-            replies: list[bytes] = []
-            error: ProtocolError | None = None
-            commit = False
-            try:
-                while (frame := decoder.next_frame()) is not None:
-                    self._frames_in += 1
-                    replies.append(self._answer(cid, frame))
-                    if store is not None and frame.type in _COMMIT_FIRST:
-                        commit = True
-            except ProtocolError as exc:
-                error = exc  # answer the good frames before it first
-            if commit:
-                assert store is not None
-                await store.commit()  # group commit with the other connections' changes
-            if replies:
-                out = b"".join(replies)
-                slot.since = loop_time()
-                slot.sending = True
-                await stream.send(out)
-                slot.sending = False
-                self._frames_out += len(replies)
-                self._bytes_out += len(out)
-            if error is not None:
-                raise error
-            slot.busy = False
-            if replies:
-                slot.since = loop_time()  # idle from now
-                # What is left (if anything) is the start of the next frame: its time runs now.
-                slot.frame_since = slot.since if decoder.buffered else None
-
-    async def _send_error(
-        self,
-        stream: anyio.abc.SocketStream,
-        message_id: bytes,
-        code: ErrorCode,
-        detail: str,
-        *,
-        retry_after: float | None = None,
-    ) -> None:
-        payload = encode_error(code, detail, retry_after)
-        frame = encode_frame(M.ERROR, message_id, payload, FLAG_CLOSING)
-        with anyio.move_on_after(_ERROR_SEND_TIMEOUT):
-            try:
-                await stream.send(frame)
-                await stream.send_eof()
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                return
-            self._frames_out += 1
-            self._bytes_out += len(frame)
-
-    # -- the answers (pure: no await) ----------------------------------------------------------------
-
-    def _answer(self, cid: int, frame: Frame) -> bytes:
-        try:
-            return self._answer_frame(cid, frame)
-        except ProtocolError as exc:
-            if exc.message_id is None:
-                exc.message_id = frame.message_id
-            raise
-
-    def _answer_frame(self, cid: int, frame: Frame) -> bytes:
-        kind, mid, payload = frame.type, frame.message_id, frame.payload
-        if kind is M.SEND:
-            recipient, sender, body = decode_send(payload)
-            if len(payload) - len(recipient.encode()) + 14 > self._max_payload:
-                detail = "message too large to deliver under max_payload"
-                return encode_frame(M.ERROR, mid, encode_error(ErrorCode.FRAME_TOO_LARGE, detail))
-            result = self._mail.store(recipient, mid, sender, body)
-            if result is StoreResult.FULL:
-                detail = f"mailbox of {recipient!r} is full"
-                return encode_frame(M.ERROR, mid, encode_error(ErrorCode.MAILBOX_FULL, detail))
-            flags = FLAG_DUPLICATE if result is StoreResult.DUPLICATE else 0
-            return encode_frame(M.ACK, mid, b"", flags)
-        if kind is M.RECEIVE:
-            message = self._mail.take(decode_receive(payload), cid, loop_time())
-            if message is None:
-                return encode_frame(M.DELIVER, mid, b"", FLAG_EMPTY)
-            body = encode_deliver(message.message_id, message.sender, message.body)
-            flags = FLAG_REDELIVERED if message.deliveries > 1 else 0
-            return encode_frame(M.DELIVER, mid, body, flags, max_payload=1 << 62)
-        if kind is M.DELIVER_ACK:
-            node, message_id = decode_deliver_ack(payload)
-            self._mail.ack(node, message_id)
-            return encode_frame(M.ACK, mid)
-        if kind is M.PING:
-            return encode_frame(M.PONG, mid, payload, max_payload=1 << 62)
-        if kind is M.HELLO:
-            info = decode_hello(payload)
-            if info.node_id and info.address and self._max_known:
-                self._known[info.node_id] = info.address
-                self._known.move_to_end(info.node_id)
-                if len(self._known) > self._max_known:
-                    self._known.popitem(last=False)
-            return encode_frame(M.HELLO, mid, encode_hello(self.node_id, self.address))
-        if kind is M.DISCOVER:
-            return encode_frame(M.PEERS, mid, encode_peers(self.known_peers()), max_payload=1 << 62)
-        raise UnexpectedFrame(f"{kind.name} is a reply, not a request", message_id=mid)

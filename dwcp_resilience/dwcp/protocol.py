@@ -8,12 +8,13 @@ Header (big-endian, :data:`HEADER_SIZE` = 40 bytes)::
 
     offset  size  field
     0       4     magic         b"DWCP"
-    4       1     version       2 (version 1 had no checksums)
+    4       1     version       3 (2 had no deadline, 1 no checksums)
     5       1     type          a MessageType
     6       2     flags         FLAG_* bits (unknown bits are ignored)
     8       16    message id    correlation id: a reply carries the id of its request
     24      8     length        payload length in bytes, at most the receiver's ``max_payload``
-    32      4     reserved      0
+    32      4     budget        u32 ms: the time left before the sender's deadline, when it sent
+                                the frame (0: no deadline); 0 on replies
     36      4     header crc    CRC-32 of bytes 0-35
 
 then ``length`` payload bytes, then the payload's CRC-32 (4 bytes) when ``length > 0``. The checks
@@ -24,13 +25,26 @@ The header has its own check, so a corrupted length or type is caught at the hea
 body is awaited; the magic and version are checked first, so a stream that is not DWCP, or a peer
 of another version, gets that error rather than a checksum error.
 
+The budget is relative, as gRPC's ``grpc-timeout`` header is, because the clocks of two hosts
+differ: the sender writes ``ceil(deadline - now)`` in milliseconds (:func:`budget_ms`: rounded up,
+so the receiver never gives up before the sender, and saturated at ``2**32 - 1``, about 49.7 days),
+and the receiver turns it back into a deadline on its own clock from the moment the frame arrived
+(:func:`budget_deadline`). The time the frame spent on the wire is not subtracted (gRPC's is not
+either): a relative budget cannot know it. A request whose deadline has passed is never sent (0
+means "none", there is no "expired" value), so the budget of a request is at least 1 ms.
+
+Version 3 is a version of its own, not version 2 with a flag: a version-2 receiver ignores the
+reserved bytes and unknown flags, so it would serve a request with a deadline as one without and
+forward nothing of it. Each side refuses the other's frames with ``UnsupportedVersion`` instead.
+
 The message id of a SEND is also the message's idempotency key: a retried send reuses it, and the
 peer stores it once. Every other request takes a fresh random id.
 
 Payloads (``str`` fields are a u8 length then UTF-8, so at most 255 bytes)::
 
     HELLO        node_id: str, address: str        (the answer is a HELLO with the peer's own)
-    SEND         recipient: str, sender: str, body  -> ACK (FLAG_DUPLICATE if already stored)
+    SEND         recipient: str, sender: str, body  -> ACK (FLAG_DUPLICATE if already stored);
+                 FLAG_RELAYED when a peer relays it to the next hop (which keeps it, never relays)
     RECEIVE      node_id: str                      -> DELIVER
     DELIVER      message_id: 16 bytes, sender: str, body; FLAG_EMPTY and no payload if none waits,
                  FLAG_REDELIVERED if it was handed out before without an acknowledgement
@@ -74,13 +88,17 @@ __all__ = (
     "FLAG_DUPLICATE",
     "FLAG_EMPTY",
     "FLAG_REDELIVERED",
+    "FLAG_RELAYED",
     "Frame",
     "FrameDecoder",
     "HEADER_SIZE",
     "MAGIC",
+    "MAX_BUDGET_MS",
     "MessageType",
     "PeerInfo",
     "VERSION",
+    "budget_deadline",
+    "budget_ms",
     "decode_deliver",
     "decode_deliver_ack",
     "decode_error",
@@ -101,7 +119,7 @@ __all__ = (
 )
 
 MAGIC = b"DWCP"
-VERSION = 2
+VERSION = 3
 HEADER_SIZE = 40
 CHECKSUM_SIZE = 4
 DEFAULT_MAX_PAYLOAD = 1 << 20
@@ -116,6 +134,10 @@ FLAG_REDELIVERED = 0x4
 FLAG_CLOSING = 0x8
 """On an ERROR: the sender closes the connection after it (it could not read a frame, or refuses
 the connection); the request was not processed, and may be sent again on a new connection."""
+FLAG_RELAYED = 0x10
+"""On a SEND: a peer relays it for its sender (the next hop keeps it, and never relays it again)."""
+MAX_BUDGET_MS = 0xFFFFFFFF
+"""The largest budget a header carries (about 49.7 days); a longer one is sent as this."""
 
 _HEADER = struct.Struct(">4sBBH16sQI")  # without its crc
 _CRC = struct.Struct(">I")
@@ -124,6 +146,8 @@ _HEADER_BODY = _HEADER.size  # the header bytes its crc covers
 _MAGIC_LEN = len(MAGIC)
 _ID_SIZE = 16
 _MAX_STR = 255
+_INF = math.inf
+_MAX_BUDGET_S = MAX_BUDGET_MS / 1000.0
 
 
 class MessageType(IntEnum):
@@ -146,12 +170,13 @@ _TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
 
 
 class Frame(NamedTuple):
-    """One decoded frame."""
+    """One decoded frame (``budget_ms``: see :func:`budget_ms`; 0 for none)."""
 
     type: MessageType
     message_id: bytes
     payload: bytes = b""
     flags: int = 0
+    budget_ms: int = 0
 
 
 class PeerInfo(NamedTuple):
@@ -176,22 +201,50 @@ def new_message_id() -> bytes:
     return _urandom(_ID_SIZE)
 
 
+def budget_ms(remaining: float) -> int:
+    """The header's budget for ``remaining`` seconds before a deadline: milliseconds rounded up
+    (so a receiver never gives up before the sender), at least 1, at most :data:`MAX_BUDGET_MS`;
+    0 (none) for ``inf``.
+
+    Raises:
+        ValueError: ``remaining`` is not above 0 (the deadline has passed: send nothing), or NaN.
+    """
+    if not remaining > 0.0:
+        raise ValueError(f"remaining must be > 0 seconds, got {remaining!r}")
+    if remaining >= _MAX_BUDGET_S:
+        return 0 if remaining == _INF else MAX_BUDGET_MS
+    return math.ceil(remaining * 1000.0)
+
+
+def budget_deadline(budget: int, arrived: float) -> float:
+    """The deadline, on the receiver's clock, of a frame with ``budget`` ms that arrived at
+    ``arrived`` (``inf`` for a budget of 0)."""
+    return arrived + budget * 0.001 if budget else _INF
+
+
 def encode_frame(
     type: MessageType,
     message_id: bytes,
     payload: bytes = b"",
     flags: int = 0,
     *,
+    budget_ms: int = 0,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
 ) -> bytes:
-    """The bytes of one frame. ``ValueError`` for a bad id, flags or a payload over ``max_payload``."""
+    """The bytes of one frame. ``ValueError`` for a bad id, flags, budget or a payload over
+    ``max_payload``."""
     if len(message_id) != _ID_SIZE:
         raise ValueError(f"message_id must be {_ID_SIZE} bytes, got {len(message_id)}")
     if len(payload) > max_payload:
         raise ValueError(f"payload of {len(payload)} bytes is over max_payload={max_payload}")
-    if not 0 <= flags <= 0xFFFF:
-        raise ValueError(f"flags must fit in 16 bits, got {flags}")
-    head = _HEADER.pack(MAGIC, VERSION, type, flags, message_id, len(payload), 0)
+    try:  # struct checks the ranges of flags and budget_ms (a check of our own costs ~100 ns)
+        head = _HEADER.pack(MAGIC, VERSION, type, flags, message_id, len(payload), budget_ms)
+    except struct.error as exc:
+        if not isinstance(flags, int) or not 0 <= flags <= 0xFFFF:
+            raise ValueError(f"flags must fit in 16 bits, got {flags!r}") from None
+        if not isinstance(budget_ms, int) or not 0 <= budget_ms <= MAX_BUDGET_MS:
+            raise ValueError(f"budget_ms must fit in 32 bits, got {budget_ms!r}") from None
+        raise ValueError(f"cannot encode this header: {exc}") from None
     head += _CRC.pack(_crc32(head))
     if not payload:
         return head
@@ -240,7 +293,7 @@ class FrameDecoder:
                     message_id=bytes(buf[8:24]) if size >= 24 else None,
                 )
             return None
-        magic, version, type_, flags, message_id, length, _ = _HEADER.unpack_from(buf)
+        magic, version, type_, flags, message_id, length, budget = _HEADER.unpack_from(buf)
         if magic != MAGIC:
             raise BadMagic(f"bad magic {magic!r}: not a DWCP stream")
         if version != VERSION:
@@ -261,7 +314,7 @@ class FrameDecoder:
             )
         if not length:
             del buf[:HEADER_SIZE]
-            return Frame(kind, message_id, b"", flags)
+            return Frame(kind, message_id, b"", flags, budget)
         end = HEADER_SIZE + length
         if size < end + CHECKSUM_SIZE:
             return None
@@ -273,7 +326,7 @@ class FrameDecoder:
                 message_id=message_id,
             )
         del buf[: end + CHECKSUM_SIZE]
-        return Frame(kind, message_id, payload, flags)
+        return Frame(kind, message_id, payload, flags, budget)
 
     def frames(self, data: bytes | bytearray | memoryview = b"") -> list[Frame]:
         """Feed ``data`` and return every frame now complete (raises at the first malformed one)."""
@@ -449,8 +502,14 @@ def decode_peers(payload: bytes) -> tuple[PeerInfo, ...]:
 
 def encode_error(code: int, detail: str = "", retry_after: float | None = None) -> bytes:
     """ERROR payload: a u16 code, a u32 ``retry_after`` in milliseconds (0: none; a BUSY peer
-    says when to come back) and a UTF-8 detail (cut to 1 KiB)."""
-    millis = 0 if retry_after is None else min(0xFFFFFFFF, max(1, math.ceil(retry_after * 1000)))
+    says when to come back; saturated at ``2**32 - 1``, ``inf`` included) and a UTF-8 detail (cut
+    to 1 KiB)."""
+    if retry_after is None:
+        millis = 0
+    elif retry_after >= _MAX_BUDGET_S:  # inf: a peer none of whose slots will free up
+        millis = 0xFFFFFFFF
+    else:
+        millis = max(1, math.ceil(retry_after * 1000))
     return _ERROR_HEAD.pack(code, millis) + detail.encode()[:1024]
 
 

@@ -22,6 +22,13 @@ its own fresh instance:
 for the requests themselves are the caller's (a ``Timeout`` policy, ``anyio.fail_after``): the total
 deadline is never reset by a trickle of bytes.
 
+Every request carries the time left before the innermost deadline in force
+(:func:`deadline_in_force`: an ``OperationContext``'s, a ``Timeout``'s, the manager's, an anyio
+cancel scope's), read when its frame is written, in the header's budget; the peer refuses it with
+``DEADLINE_EXCEEDED`` (raised here as :class:`~dwcp_resilience.dwcp.errors.PeerDeadlineExceeded`)
+if that runs out before it gets to it. A request whose deadline has already passed is not written
+at all: :class:`~dwcp_resilience.dwcp.errors.RequestExpired`.
+
 How a resilient client uses it (tested through the chaos proxy in ``tests/test_dwcp_proxy.py``):
 send with a message id chosen once per message and resend with the same id after a timeout or an
 error that :func:`~dwcp_resilience.dwcp.errors.is_retryable` accepts (the peer stores it once); close a
@@ -42,18 +49,23 @@ from typing import Any, TypeVar, overload
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from ..core.clock import loop_time
+from ..core.context import current_deadline
 from ..core.validate import check_int, check_number
 from .errors import (
+    PROTOCOL_CODES,
     ConnectFailed,
     ConnectionClosed,
     ConnectionReset,
     ConnectTimeout,
     ErrorCode,
     FrameRejected,
+    PeerDeadlineExceeded,
     PeerError,
     ProtocolError,
+    RequestExpired,
     UnexpectedFrame,
 )
 from .protocol import (
@@ -65,6 +77,7 @@ from .protocol import (
     FrameDecoder,
     MessageType,
     PeerInfo,
+    budget_ms,
     decode_deliver,
     decode_error,
     decode_error_retry_after,
@@ -78,12 +91,25 @@ from .protocol import (
     new_message_id,
 )
 
-__all__ = ("ConnectionStatistics", "DWCPConnection")
+__all__ = ("ConnectionStatistics", "DWCPConnection", "deadline_in_force")
 
 T = TypeVar("T")
 
 _READ_SIZE = 65536
 _NO_ID = bytes(16)
+_INF = math.inf
+_scope_deadline = anyio.current_effective_deadline
+
+
+def deadline_in_force() -> float:
+    """The innermost deadline that bounds the running code, on the loop clock (``inf``: none): the
+    earliest of the package's own (:func:`~dwcp_resilience.current_deadline`: an active
+    ``OperationContext``, a ``Timeout``, the manager's deadline and attempt timeout) and anyio's
+    cancel scopes (``anyio.current_effective_deadline()``: ``fail_after``, ``move_on_at``, ...;
+    ``-inf`` in a cancelled scope)."""
+    ours = current_deadline()
+    scopes = _scope_deadline()
+    return scopes if scopes < ours else ours
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,21 +126,17 @@ class ConnectionStatistics:
 
 
 def _peer_error(frame: Frame) -> Exception:
-    """The error for an ERROR answer: a :class:`PeerError` (the peer refused the request), or, when
-    the peer closes the connection with it (``FLAG_CLOSING``) because it could not read a frame of
-    ours (a protocol error code: corrupted on the way, or not understood), a
-    :class:`FrameRejected`: a fault of this connection, retried on a new one."""
+    """The error for an ERROR answer: a :class:`PeerError` (the peer refused the request;
+    :class:`PeerDeadlineExceeded` for ``DEADLINE_EXCEEDED``), or, when the peer closes the
+    connection with it (``FLAG_CLOSING``) because it could not read a frame of ours (a protocol
+    error code: corrupted on the way, or not understood), a :class:`FrameRejected`: a fault of this
+    connection, retried on a new one."""
     code, detail = decode_error(frame.payload)  # a ProtocolError if malformed
-    if frame.flags & FLAG_CLOSING and code in _FRAME_CODES:
+    if frame.flags & FLAG_CLOSING and code in PROTOCOL_CODES:
         return FrameRejected(code, detail)
+    if code == ErrorCode.DEADLINE_EXCEEDED:
+        return PeerDeadlineExceeded(code, detail)
     return PeerError(code, detail, decode_error_retry_after(frame.payload))
-
-
-_FRAME_CODES = frozenset(
-    code
-    for code in ErrorCode
-    if code not in (ErrorCode.MAILBOX_FULL, ErrorCode.BUSY, ErrorCode.INTERNAL)
-)
 
 
 class DWCPConnection:
@@ -242,8 +264,13 @@ class DWCPConnection:
         """Send one frame and return the frame that answers it (same message id), ERROR included.
 
         ``message_id`` defaults to a fresh id (a random per-connection prefix and a counter); a
-        retried SEND passes its own. ``ValueError`` if
-        that id is already waiting for a reply on this connection.
+        retried SEND passes its own. The header's budget is the time left before
+        :func:`deadline_in_force` when the frame is written.
+
+        Raises:
+            ValueError: that id is already waiting for a reply on this connection, or the frame
+                does not fit (``max_payload``).
+            RequestExpired: the deadline in force had passed: nothing was sent.
         """
         self._raise_broken()
         if message_id is None:  # unique per connection by the counter, across them by the prefix
@@ -252,11 +279,10 @@ class DWCPConnection:
             mid = message_id
         if mid in self._replies:
             raise ValueError("a request with this message id is already in flight here")
-        data = encode_frame(type, mid, payload, flags, max_payload=self._max_payload)
         replies = self._replies
         replies[mid] = None
         try:
-            await self._write(data)
+            await self._write(type, mid, payload, flags)
             self._requests += 1
             while (reply := replies[mid]) is None:
                 await self._read_some(mid)
@@ -264,9 +290,22 @@ class DWCPConnection:
         finally:
             del replies[mid]
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, type: MessageType, mid: bytes, payload: bytes, flags: int) -> None:
         async with self._send_lock:
             self._raise_broken()
+            # The budget is read here, once the frame's turn to be written has come.
+            deadline = deadline_in_force()
+            budget = 0
+            if deadline != _INF:
+                remaining = deadline - loop_time()
+                if remaining <= 0.0:
+                    # A cancelled scope, or a deadline whose timer is due, cancels us here.
+                    await anyio.lowlevel.checkpoint()
+                    raise RequestExpired
+                budget = budget_ms(remaining)
+            data = encode_frame(
+                type, mid, payload, flags, budget_ms=budget, max_payload=self._max_payload
+            )
             try:
                 await self._stream.send(data)
             except anyio.get_cancelled_exc_class():
