@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import time
 from typing import Any
@@ -250,5 +251,26 @@ async def test_cancelling_connect_propagates(anyio_backend: Any) -> None:
         with anyio.move_on_after(0.1) as scope:
             await backend.connect()
         assert scope.cancelled_caught
-        assert time.monotonic() - started < 2.0  # not the socket timeout (5 s)
+        assert time.monotonic() - started < 2.0  # not the socket timeout (20 s)
         await backend.aclose()
+
+
+async def test_a_slot_map_slower_than_one_call_is_still_learned(
+    anyio_backend: Any, redis_cluster: RedisClusterServer
+) -> None:
+    """A cluster client fetches the slot map and command table (about 0.05 s on an idle loopback,
+    several times that on a loaded machine) inside its first command. Cut at the call's timeout,
+    redis-py tears the half-built client down and leaves sockets open, and every next call was cut
+    again, so the backend stayed on local state for good. Now the fetch runs to its end (bounded by
+    the socket timeouts, which are per read): with a timeout far below the fetch's time, the first
+    call may fall back, the next ones run on the cluster, and no socket is left open (the suite
+    turns ResourceWarning into an error). Before, this test ran out of time."""
+    backend = RedisBackend(redis_cluster.url, cluster=True, timeout=0.02)
+    try:  # no `async with`: no connect() beforehand
+        deadline = time.monotonic() + 10.0
+        while not await backend.ping():  # a ping on loopback takes well under 20 ms
+            assert time.monotonic() < deadline, "never on the cluster"
+            await anyio.sleep(0.01)
+    finally:
+        await backend.aclose()
+    gc.collect()

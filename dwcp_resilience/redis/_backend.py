@@ -33,7 +33,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-import anyio
 import redis.asyncio as redis_asyncio
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
@@ -54,6 +53,7 @@ from ..core.errors import CircuitOpen, DeadlineExceeded, ResilienceError
 from ..core.events import Event, Listeners
 from ..core.validate import check_name, check_number
 from ..policies.breaker import CircuitBreaker
+from ..policies.timeout import Timeout
 
 __all__ = (
     "BackendUnavailable",
@@ -196,19 +196,32 @@ class RedisBackend:
                 "retry": Retry(NoBackoff(), 0),
             }
             if cluster:
+                # A cluster client reads the slot map and the command table (one large reply,
+                # parsed inside the read's timeout) before its first command, outside our per-call
+                # deadline (see `_learn_slots`): on a loaded machine that read takes longer than
+                # one call may. Calls are still cut at `timeout` by the guard.
+                options["socket_timeout"] = options["socket_connect_timeout"] = max(
+                    1.0, 4 * self._timeout
+                )
                 client = RedisCluster.from_url(url, **options)
             else:
                 client = redis_asyncio.Redis.from_url(url, **options)
             self._owns_client = True
         self._client: RedisClient = client
+        # A cluster client learns the slot map on its first command; until we have seen it learn
+        # once, `run` does that first (see `_learn_slots`).
+        self._slots_known = not isinstance(client, RedisCluster)
+        self._learning = False
         self._guard = breaker or CircuitBreaker(
             f"redis:{self._namespace}",
             max_failures=3,
             reset_timeout=1.0,
             half_open_successes=1,
             failure=UNAVAILABLE,
-            timeout=self._timeout,
         )
+        # The per-call deadline, inside the guard (so that the cluster's first slot fetch, which
+        # also goes through the guard, is not under it).
+        self._deadline = Timeout(self._timeout, name=f"redis:{self._namespace}.timeout")
 
     @property
     def client(self) -> RedisClient:
@@ -259,15 +272,43 @@ class RedisBackend:
         return self._client.register_script(source)
 
     async def run(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run one Redis call under the guard.
+        """Run one Redis call under the guard, cut at ``timeout``.
 
         Raises:
             BackendUnavailable: Redis is down or slow, or the guard breaker is open (no call made).
         """
         try:
-            return await self._guard.call(fn, *args, **kwargs)
+            if not self._slots_known:
+                await self._guard.call(self._learn_slots)
+            return await self._guard.call(self._deadline.call, fn, *args, **kwargs)
         except _CAUGHT as exc:
             raise BackendUnavailable(f"redis unavailable: {exc!r}") from exc
+
+    async def _learn_slots(self) -> None:
+        """Let the cluster client learn its slot map (and command table) before its first call.
+
+        The fetch is not under the per-call deadline: cut at ``timeout``, redis-py tears the
+        half-built client down inside that cancellation and leaves its sockets open, and on a
+        loaded machine every next call was cut again, so the fleet stayed on local state for good.
+        What bounds the fetch is the client's own socket timeouts, per connect and per read (ours:
+        ``max(1, 4 * timeout)``), which fail it with an error that the guard counts. One call
+        fetches at a time; the others meanwhile fall back at once.
+        """
+        client = self._client
+        assert isinstance(client, RedisCluster)
+        if self._learning:
+            raise RedisConnectionError("the cluster's slot map is being fetched by another call")
+        self._learning = True
+        try:
+            await client.initialize()
+        except RedisClusterException as exc:
+            if isinstance(exc, UNAVAILABLE):
+                raise
+            # Older redis-py raise a plain RedisClusterException when no node answers.
+            raise RedisConnectionError(f"no cluster node answered: {exc}") from exc
+        finally:
+            self._learning = False
+        self._slots_known = True
 
     async def ping(self) -> bool:
         """True when Redis answers a PING through the guard."""
@@ -286,22 +327,21 @@ class RedisBackend:
         """Learn a cluster's slots now, so that the first calls do not pay for it.
 
         A ``RedisCluster`` asks a node for the slot map (and command metadata) before its first
-        command, which can take longer than one call's ``timeout`` (about 0.1 s on loopback):
-        those calls would fall back. ``async with backend`` calls this; it waits at most
-        ``max(1.0, 4 * timeout)`` seconds, never raises for an unreachable cluster (the first
-        calls fall back as usual), and does nothing for one server, whose client connects
-        within a call. Returns True when the client is ready.
+        command, which can take longer than one call's ``timeout`` (about 0.05 s on an idle
+        loopback, several times that on a loaded machine). ``async with backend`` calls this.
+        The fetch is not cut short (a cut one leaves connections open in redis-py, and would be
+        cut again next time): the client's socket timeouts bound each of its reads and connects.
+        It never raises for an unreachable cluster (the first calls then fall back as usual, and
+        learn the slots once a node answers), and does nothing for one server, whose client
+        connects within a call. Returns True when the client is ready.
         """
-        client = self._client
-        if not isinstance(client, RedisCluster):
+        if self._slots_known:
             return True
-        with anyio.move_on_after(max(1.0, 4 * self._timeout)):
-            try:
-                await client.initialize()
-            except _CONNECT_FAILED:
-                return False
-            return True
-        return False
+        try:
+            await self._learn_slots()
+        except _CONNECT_FAILED:
+            return False
+        return True
 
     async def __aenter__(self) -> RedisBackend:
         await self.connect()
