@@ -94,16 +94,17 @@ async def test_max_wait_refuses_at_once_and_reserves_nothing(
     anyio_backend: Any, redis_url: str
 ) -> None:
     async with RedisBackend(redis_url) as backend:
-        limiter = _limiter(backend, rate=10, burst=1)
+        # One token a second: every step below has 0.5 s of slack for a loaded machine.
+        limiter = _limiter(backend, rate=1, burst=1)
         await limiter.acquire()
         started = time.monotonic()
         with pytest.raises(RateLimited):
-            await limiter.acquire(max_wait=0.05)
-        assert time.monotonic() - started < 0.05  # refused without waiting
-        first = await limiter._admit(1, 0.2)  # the refused call reserved nothing: ~0.1 s
-        assert await limiter._admit(1, 0.2) - first >= 100_000
+            await limiter.acquire(max_wait=0.5)  # the next token is ~1 s away
+        assert time.monotonic() - started < 0.5  # refused without waiting
+        first = await limiter._admit(1, 2.0)  # the refused call reserved nothing: ~1 s
+        assert await limiter._admit(1, 2.0) - first >= 1_000_000
         # The enclosing deadline bounds the wait as max_wait does.
-        context = OperationContext.with_timeout("op", 0.05)
+        context = OperationContext.with_timeout("op", 0.5)
         with context.activate(), pytest.raises(RateLimited):
             await limiter.acquire()
 
@@ -127,7 +128,12 @@ async def test_every_key_has_a_ttl_and_expires(anyio_backend: Any, fleet_redis: 
     async with fleet_redis.backend(namespace="ns") as backend:
         fast = _limiter(backend, name="fast", rate=10, burst=10)
         slow = _limiter(backend, name="slow", rate=1, burst=2)
-        leasing = _limiter(backend, name="lease", rate=1e4, burst=2000, lease_max=8)
+        # A lease is good for lease_ttl from when its round trip was sent: 0.25 s here, not the
+        # default 20 ms, which a loaded machine's cluster round trip used up (lease_left 0). A
+        # lease comes out of the upper half of the bucket after its charge: burst / rate > 0.5 s.
+        leasing = _limiter(
+            backend, name="lease", rate=1e4, burst=20_000, lease_max=8, lease_ttl=0.25
+        )
         await slow.acquire(2)
         with anyio.move_on_after(0.01):
             await slow.acquire()  # a reservation (then lost): the TTL covers it too
@@ -139,7 +145,7 @@ async def test_every_key_has_a_ttl_and_expires(anyio_backend: Any, fleet_redis: 
         assert all(ttl > 0 for ttl in ttls.values()), ttls
         assert 2_000 < ttls["{ns:limiter:slow}"] <= 3_002  # full again 3 s after the reservation
         assert ttls["{ns:limiter:fast}"] <= 102
-        await anyio.sleep(0.15)
+        await anyio.sleep(0.4)
         for gone in ("{ns:limiter:fast}", "{ns:limiter:lease}"):
             assert await backend.client.exists(gone) == 0
 
