@@ -82,6 +82,28 @@ async def test_async_with_own_deadline(anyio_backend: Any) -> None:
     assert anyio.current_time() - start == pytest.approx(1.5, abs=1e-3)
 
 
+@pytest.mark.virtual_time
+async def test_a_shield_inside_holds_off_the_deadline_on_trio_only(backend_name: str) -> None:
+    """The one difference between the loops (module docstring): on asyncio and uvloop the deadline
+    cancels the task as ``asyncio.timeout`` does, through an anyio shield inside it; on trio the
+    shielded part runs to its end, and the deadline takes effect at the next checkpoint."""
+    finished = False
+
+    async def shielded_then_sleep() -> None:
+        nonlocal finished
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(2.0)
+            finished = True
+        await anyio.sleep(10)
+
+    start = anyio.current_time()
+    with pytest.raises(DeadlineExceeded):
+        await Timeout(1.0).call(shielded_then_sleep)
+    trio = backend_name == "trio"
+    assert finished is trio
+    assert anyio.current_time() - start == pytest.approx(2.0 if trio else 1.0, abs=1e-3)
+
+
 async def test_own_deadline_real_time(anyio_backend: Any) -> None:
     """A short real deadline fires on every backend, uvloop included."""
     with pytest.raises(DeadlineExceeded):

@@ -1,6 +1,6 @@
 """``Timeout``: a deadline for one call, on the loop clock.
 
-Semantics (the same on asyncio, uvloop and trio):
+Semantics (the same on asyncio, uvloop and trio, but for shields: see below):
 
 - :class:`~dwcp_resilience.DeadlineExceeded` is raised only when *this* timeout's deadline fired.
   A cancellation from outside (an outer scope, ``task.cancel()``, a task group) stays a cancellation,
@@ -11,6 +11,12 @@ Semantics (the same on asyncio, uvloop and trio):
   clamped deadline (:func:`~dwcp_resilience.current_deadline`).
 - ``seconds <= 0`` (or an enclosing deadline already past) raises ``DeadlineExceeded`` at once,
   without running the callee; ``inf`` never fires and arms no timer; NaN is a ``ValueError``.
+
+One difference between the loops: on asyncio and uvloop the deadline cancels the task as
+``asyncio.timeout`` does, so an ``anyio.CancelScope(shield=True)`` *inside* the timeout does not
+hold it off (the shielded code is cancelled at its next await); on trio it does, as a trio scope
+would. Work that must finish once started (a flush, a teardown) belongs outside the timeout, under
+a bound of its own, as ``RedisBackend`` does with a cluster's first slot-map fetch.
 
 On asyncio and uvloop the deadlines of a loop share one timer (:class:`Sweeper`): a heap of
 ``(deadline, seq, scope)`` tuples compared in C, with one ``loop.call_at`` handle armed for the
