@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import socket
 import time
+import warnings
 from typing import Any
 
 import anyio
@@ -203,6 +204,24 @@ async def test_a_cancelled_call_is_neutral_and_the_backend_stays_usable(
         assert await backend.ping()
         await backend.run(backend.client.rpush, "list", b"x")
         assert await backend.run(backend.client.lpop, "list") == b"x"
+
+
+async def test_closing_in_a_cancelled_scope_leaves_no_socket_open(
+    anyio_backend: Any, redis_url: str
+) -> None:
+    """A task group shutting down closes its backend inside a cancelled scope: the close still
+    runs to its end (the cancellation is raised after it), and no connection is left open."""
+    backend = RedisBackend(redis_url)
+    assert await backend.ping()
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await backend.aclose()
+        pytest.fail("aclose() swallowed the cancellation")
+    assert scope.cancelled_caught
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], caught
 
 
 # -- Redis Cluster -----------------------------------------------------------------------------

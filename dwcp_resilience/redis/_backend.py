@@ -33,6 +33,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
+import anyio
+import anyio.lowlevel
 import redis.asyncio as redis_asyncio
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
@@ -199,10 +201,10 @@ class RedisBackend:
                 # A cluster client reads the slot map and the command table (one large reply,
                 # parsed inside the read's timeout) before its first command, outside our per-call
                 # deadline (see `_learn_slots`): on a loaded machine that read takes longer than
-                # one call may. Calls are still cut at `timeout` by the guard.
-                options["socket_timeout"] = options["socket_connect_timeout"] = max(
-                    1.0, 4 * self._timeout
-                )
+                # one call may. Calls are still cut at `timeout` by our deadline. The connect
+                # timeout stays `timeout`: it also bounds the close that redis-py awaits after a
+                # cancelled call (with 1 s, a call in a failover took 1.36 s to return).
+                options["socket_timeout"] = max(1.0, 4 * self._timeout)
                 client = RedisCluster.from_url(url, **options)
             else:
                 client = redis_asyncio.Redis.from_url(url, **options)
@@ -291,7 +293,8 @@ class RedisBackend:
         half-built client down inside that cancellation and leaves its sockets open, and on a
         loaded machine every next call was cut again, so the fleet stayed on local state for good.
         What bounds the fetch is the client's own socket timeouts, per connect and per read (ours:
-        ``max(1, 4 * timeout)``), which fail it with an error that the guard counts. One call
+        ``timeout`` and ``max(1, 4 * timeout)``), which fail it with an error that the guard
+        counts. One call
         fetches at a time; the others meanwhile fall back at once.
         """
         client = self._client
@@ -319,9 +322,16 @@ class RedisBackend:
         return True
 
     async def aclose(self) -> None:
-        """Close the connection pool (only when this backend created the client)."""
+        """Close the connection pool (only when this backend created the client).
+
+        The close runs to its end also in a cancelled scope (a task group shutting down, a
+        deadline that passed): cut short, redis-py leaves its sockets open. It is bounded by
+        ``max(1, 4 * timeout)`` seconds; a cancellation that arrived meanwhile is raised after.
+        """
         if self._owns_client:
-            await self._client.aclose()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(max(1.0, 4 * self._timeout)):
+                await self._client.aclose()
+            await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def connect(self) -> bool:
         """Learn a cluster's slots now, so that the first calls do not pay for it.
