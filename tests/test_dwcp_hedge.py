@@ -24,7 +24,9 @@ def test_discovery_is_hedged_by_default_and_can_be_turned_off() -> None:
     client = DWCPResilientClient(_config("127.0.0.1:1"))
     hedge = client.manager.components(DISCOVER)["hedge"]
     assert isinstance(hedge, Hedge)
-    assert hedge.percentile == Percentile(0.95, window=200, min_samples=20, fallback=0.25)
+    assert hedge.percentile == Percentile(
+        0.95, window=200, min_samples=20, fallback=0.25, minimum=0.002
+    )
     assert "hedge" not in client.manager.components(SEND)  # sends are not idempotent
     off = DWCPResilientClient(_config("127.0.0.1:1", discover_hedge=None))
     assert "hedge" not in off.manager.components(DISCOVER)

@@ -415,6 +415,25 @@ async def test_percentile_delay_follows_successful_latency(backend_name: str) ->
     assert op.started[1][1] - start == pytest.approx(0.9)
 
 
+@pytest.mark.virtual_time
+async def test_percentile_delay_never_goes_below_its_minimum(backend_name: str) -> None:
+    """Fast successes (1 ms) would give a 1 ms delay; ``minimum`` holds it at 50 ms, and the
+    fallback before enough samples is used as given (here below the minimum)."""
+    hedge = Hedge(
+        "h",
+        delay=Percentile(0.95, window=10, min_samples=5, fallback=0.01, minimum=0.05),
+        budget_ratio=None,
+    )
+    assert hedge.statistics().delay == 0.01
+    for _ in range(10):
+        await hedge.call(anyio.sleep, 0.001)
+    assert hedge.statistics().delay == 0.05
+    op = Attempts({2: (0.001, None)})
+    start = anyio.current_time()
+    assert await hedge.call(op) == ("x", 2)
+    assert op.started[1][1] - start == pytest.approx(0.05)
+
+
 # --- idioms, attempts, listeners, config ----------------------------------------------------------
 
 
@@ -525,6 +544,9 @@ def test_bad_config_fails_at_construction(
         ({"window": 5, "min_samples": 6}, "min_samples"),
         ({"fallback": -1.0}, "fallback"),
         ({"fallback": math.inf}, "fallback"),
+        ({"minimum": -0.001}, "minimum"),
+        ({"minimum": math.inf}, "minimum"),
+        ({"minimum": math.nan}, "minimum"),
     ],
 )
 def test_bad_percentile_fails_at_construction(kwargs: dict[str, Any], field: str) -> None:

@@ -123,8 +123,10 @@ def _open_periods(initial: float, longest: float) -> Callable[[int], float]:
     return open_duration
 
 
-DISCOVER_HEDGE = Percentile(0.95, window=200, min_samples=20, fallback=0.25)
-"""The default ``discover_hedge``: the p95 of the last 200 discoveries, 0.25 s until 20 are known."""
+DISCOVER_HEDGE = Percentile(0.95, window=200, min_samples=20, fallback=0.25, minimum=0.002)
+"""The default ``discover_hedge``: the p95 of the last 200 discoveries, 0.25 s until 20 are known,
+never under 2 ms (two ticks of uvloop's millisecond loop clock: below that, on uvloop, most hedges
+went to discoveries that were not slow, and the budget ran dry for those that were)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,7 +142,7 @@ def _client_config(node: str, address: str) -> DWCPResilienceConfig:
         latency_target=0.1,
         availability_window=300.0,
         # the default p95, but it follows the samples after 10 discoveries (2 s), not 20
-        discover_hedge=Percentile(0.95, window=200, min_samples=10, fallback=0.25),
+        discover_hedge=Percentile(0.95, window=200, min_samples=10, fallback=0.25, minimum=0.002),
     )
 
 

@@ -250,7 +250,9 @@ class HedgeCore:
         if len(window) < percentile.min_samples:
             return self._fixed
         value = window.quantile(percentile.quantile)
-        return self._fixed if value is None else value
+        if value is None:
+            return self._fixed
+        return value if value > percentile.minimum else percentile.minimum
 
     def statistics(self) -> HedgeStatistics:
         """A frozen snapshot of the counters."""

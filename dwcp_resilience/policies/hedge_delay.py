@@ -30,6 +30,11 @@ class Percentile:
         window: how many recent latencies are kept (1 to 100 000).
         min_samples: latencies needed before the quantile is used (1 to ``window``).
         fallback: the delay in seconds until then (finite, >= 0).
+        minimum: the quantile's delay never goes below this (seconds, finite, >= 0; default 0).
+            Set it to two ticks of a coarse loop clock: uvloop's counts whole milliseconds, so
+            attempts of 0.3 ms are sampled as 0 or 1 ms, a p95 of 1 ms follows, and a 1 ms
+            delay hedges every call that straddles a tick (the budget then runs dry for the slow
+            ones). It is also the floor under which a hedge cannot pay for itself.
 
     The quantile is the nearest-rank one: the ``ceil(quantile * n)``-th smallest of ``n`` samples.
     Only successful attempts are sampled (a cancelled loser's duration is unknown), so the
@@ -43,12 +48,14 @@ class Percentile:
     window: int = 200
     min_samples: int = 20
     fallback: float = 1.0
+    minimum: float = 0.0
 
     def __post_init__(self) -> None:
         check_number(self.quantile, "quantile", min_value=0.0, allow_zero=False, max_value=1.0)
         check_int(self.window, "window", min_value=1, max_value=100_000)
         check_int(self.min_samples, "min_samples", min_value=1, max_value=self.window)
         check_number(self.fallback, "fallback", min_value=0.0)
+        check_number(self.minimum, "minimum", min_value=0.0)
 
 
 class LatencyWindow:
