@@ -43,7 +43,7 @@ test: $(STAMP) sysdeps
 	$(PY) -m coverage report --skip-covered --skip-empty
 
 ## make test-all: the suite on every supported Python (3.11, 3.12, 3.13), then once with the public
-## asyncio path forced and once per 3.12+ interpreter as CPython 3.14 leaves asyncio's task table
+## asyncio path forced and once on the newest as CPython 3.14 leaves asyncio's task table
 test-all: $(STAMP) sysdeps
 	$(NOX) --no-reuse-existing-virtualenvs -s tests public py314sim -- $(XDIST)
 	$(NOX) -s coverage
