@@ -6,6 +6,7 @@ import gc
 import socket
 import time
 import warnings
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -274,6 +275,29 @@ async def test_cancelling_connect_propagates(anyio_backend: Any) -> None:
         assert scope.cancelled_caught
         assert time.monotonic() - started < 2.0  # not the socket timeout (5 s)
         await backend.aclose()
+
+
+async def test_a_burst_of_first_calls_fetches_the_slots_once_and_keeps_the_guard_closed(
+    anyio_backend: Any, redis_cluster: RedisClusterServer
+) -> None:
+    """Fifty calls at once on a backend that has not learned the cluster's slots (no connect()):
+    one fetches them, the others fall back at once without counting as Redis failures (three in
+    a row would open the guard for a second with Redis fine), and every call after works."""
+    async with AsyncExitStack() as stack:
+        backend = RedisBackend(redis_cluster.url, cluster=True)
+        stack.push_async_callback(backend.aclose)
+        answers: list[bool] = []
+
+        async def ping() -> None:
+            answers.append(await backend.ping())
+
+        async with anyio.create_task_group() as group:
+            for _ in range(50):
+                group.start_soon(ping)
+        assert len(answers) == 50 and True in answers, answers
+        stats = backend.breaker.statistics()
+        assert (stats.state, stats.failures) == (BreakerState.CLOSED, 0), stats
+        assert all([await backend.ping() for _ in range(5)])
 
 
 async def test_a_slot_map_slower_than_one_call_is_still_learned(

@@ -198,11 +198,10 @@ class RedisBackend:
                 "retry": Retry(NoBackoff(), 0),
             }
             if cluster:
-                # The socket timeouts stay `timeout` for a cluster too: they also bound the reads
-                # redis-py may still await after our deadline cancelled a call (a cluster call in a
-                # failover took 1.36-2.0 s on CI's 3.12 with 1 s reads). They are per read, so the
-                # first slot fetch, outside the deadline (see `_learn_slots`), gets `timeout` for
-                # each of its reads rather than for all of them.
+                # The socket timeouts stay `timeout` for a cluster too: they also bound what
+                # redis-py may still await after our deadline cancelled a call. They are per read,
+                # so the first slot fetch, outside the deadline (see `_learn_slots`), gets
+                # `timeout` for each of its reads rather than for all of them.
                 client = RedisCluster.from_url(url, **options)
             else:
                 client = redis_asyncio.Redis.from_url(url, **options)
@@ -279,6 +278,8 @@ class RedisBackend:
         """
         try:
             if not self._slots_known:
+                if self._learning:  # not the guard's business: Redis may be fine
+                    raise BackendUnavailable("the cluster's slot map is being fetched")
                 await self._guard.call(self._learn_slots)
             return await self._guard.call(self._deadline.call, fn, *args, **kwargs)
         except _CAUGHT as exc:
@@ -292,12 +293,10 @@ class RedisBackend:
         loaded machine every next call was cut again, so the fleet stayed on local state for good.
         What bounds the fetch is the client's own socket timeouts, per connect and per read (ours:
         ``timeout`` each), which fail it with an error that the guard counts. One call
-        fetches at a time; the others meanwhile fall back at once.
+        fetches at a time (through `run`); the others meanwhile fall back at once, uncounted.
         """
         client = self._client
         assert isinstance(client, RedisCluster)
-        if self._learning:
-            raise RedisConnectionError("the cluster's slot map is being fetched by another call")
         self._learning = True
         try:
             await client.initialize()
