@@ -181,7 +181,11 @@ class App:
     async def step(self) -> None:
         with contextlib.suppress(OSError, CircuitOpen):  # failures and rejections are traffic
             await self.breaker.call(ok if self.tick % 7 else boom)
-        await self.retry.call(self.flaky)
+        # Every call needs its one retry, which the budget (ratio 1.0 over its window) refused
+        # once on a loaded CI machine (3.13: "Retry 'fetch' gave up after 1 attempt (budget)"
+        # ended the test). A give-up is traffic too, as the other lines' failures are.
+        with contextlib.suppress(OSError):
+            await self.retry.call(self.flaky)
         self.limiter.try_acquire()
         self.keyed.try_acquire(f"peer-{self.tick % 5}")
         with contextlib.suppress(Exception):  # the injected fault
